@@ -1,0 +1,159 @@
+"""The ``ktgraph`` command: run, validate and plan graph files.
+
+User mistakes end with a located message and exit status 2, a failed run with status 3,
+never with a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import GraphError, TrainingError
+
+EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 3
+
+
+def _split_targets(items: list[str]) -> tuple[list[str], list[str]]:
+    """Positional words with ``=`` are overrides; the others are files."""
+    overrides = [i for i in items if "=" in i and not Path(i).exists()]
+    return [i for i in items if i not in overrides], overrides
+
+
+def _build(graph):
+    """Data metadata and modules, which fixes shapes, adapters and regressors."""
+    from .data import build_data
+    from .runtime import GraphModel
+
+    data = build_data(graph.spec.data, graph.spec.train.seed)
+    return GraphModel(graph, data.num_classes, (data.in_channels, data.image_size, data.image_size))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime.run import CONFIG, default_run_dir, load_graph, train
+
+    files, overrides = _split_targets(args.targets)
+    if args.resume:
+        if files:
+            raise GraphError("give either a graph file or --resume RUN_DIR, not both",
+                             suggestion="ktgraph run --resume RUN_DIR")
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG).is_file():
+            raise GraphError(f"{run_dir} is not a run directory (no {CONFIG})", file=str(run_dir))
+        graph = load_graph(run_dir / CONFIG, overrides, allow_imports=args.allow_imports)
+    else:
+        if len(files) != 1:
+            raise GraphError("ktgraph run takes one graph file", expected="ktgraph run FILE [key=value ...]")
+        graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
+        run_dir = Path(args.out) if args.out else default_run_dir(graph, files[0])
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    try:
+        train(graph, run_dir, resume=bool(args.resume), progress_bar=not args.no_progress, argv=sys.argv)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: ktgraph run --resume {run_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .runtime.run import load_graph
+
+    files, overrides = _split_targets(args.targets)
+    if not files:
+        raise GraphError("give at least one graph file", expected="ktgraph validate FILE [FILE ...]")
+    failed = 0
+    for file in files:
+        try:
+            graph = load_graph(file, overrides, allow_imports=args.allow_imports)
+            if not args.no_build:
+                _build(graph)
+            print(f"{file}: ok ({len(graph.networks)} networks, {len(graph.paths)} paths, "
+                  f"{len(graph.links)} links)")
+        except GraphError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+    return EXIT_USER_ERROR if failed else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .compile import compile_plan
+    from .compile.format import format_plan
+    from .runtime.run import load_graph
+
+    files, overrides = _split_targets(args.targets)
+    if len(files) != 1:
+        raise GraphError("ktgraph plan takes one graph file", expected="ktgraph plan FILE [key=value ...]")
+    graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
+    model = _build(graph)
+    stages = graph.stages or [None]
+    for stage in stages:
+        frozen = model.frozen_networks() | set(stage.freeze if stage else ())
+        plan = compile_plan(graph, mode="eval" if args.eval else "train", adapters=model.adapter_keys,
+                            regressors=model.regressor_keys, frozen=frozen, active=stage.links if stage else None)
+        title = files[0] + (f", stage {stage.name}" if stage else "")
+        print(format_plan(plan, title))
+        if args.eval:
+            break
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .zoo import list_models
+
+    for name in list_models(args.pattern):
+        print(name)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="ktgraph", description="Knowledge-transfer graphs for online distillation.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a graph file (or resume a run)")
+    run.add_argument("targets", nargs="*", metavar="FILE | key=value",
+                     help="the graph file, then overrides such as train.epochs=200 data.name=cifar100")
+    run.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check graph files without training")
+    validate.add_argument("targets", nargs="+", metavar="FILE | key=value")
+    validate.add_argument("--no-build", action="store_true", help="skip building models (no shape check)")
+    validate.set_defaults(func=cmd_validate)
+
+    plan = sub.add_parser("plan", help="print the compiled execution plan")
+    plan.add_argument("targets", nargs="+", metavar="FILE | key=value")
+    plan.add_argument("--eval", action="store_true", help="the evaluation plan instead of the training plan")
+    plan.set_defaults(func=cmd_plan)
+
+    models = sub.add_parser("models", help="list registered model names")
+    models.add_argument("pattern", nargs="?", default="*")
+    models.set_defaults(func=cmd_models)
+
+    for command in (run, validate, plan):
+        command.add_argument("--allow-imports", action="store_true",
+                             help="allow the graph's `imports:` to run Python modules")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    top = parser()
+    args, extra = top.parse_known_args(argv)
+    unknown = [e for e in extra if "=" not in e or e.startswith("-")]
+    if unknown:
+        top.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.targets = list(getattr(args, "targets", [])) + extra
+    try:
+        return args.func(args)
+    except GraphError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TrainingError as err:
+        print(f"run stopped: {err}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""User-facing errors: each one names where the problem is and how to fix it.
+
+Every mistake a user can make in a graph file or on the command line ends as a
+:class:`GraphError`. The CLI prints it and exits with status 2; it never shows a
+traceback for these.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 1) -> list[str]:
+    """The candidates that look most like ``name`` (for "did you mean ...?")."""
+    pool = sorted(set(candidates))
+    found = difflib.get_close_matches(name, pool, n=n, cutoff=0.6)
+    if not found:
+        lowered = {c.lower(): c for c in pool}
+        found = [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)]
+    return found
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """A suggestion sentence, or an empty string when nothing is close."""
+    found = closest(name, candidates)
+    return f"did you mean `{found[0]}`?" if found else ""
+
+
+class GraphError(Exception):
+    """A problem in a graph file or its overrides.
+
+    ``where`` is the dotted field path (``networks.net1.model``); the loader fills
+    ``file``/``line``/``column`` from the YAML it read.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: tuple[str | int, ...] | str = (),
+        expected: str = "",
+        suggestion: str = "",
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = tuple(where.split(".")) if isinstance(where, str) and where else tuple(where or ())
+        self.expected = expected
+        self.suggestion = suggestion
+        self.file = file
+        self.line = line
+        self.column = column
+
+    @property
+    def field(self) -> str:
+        return ".".join(str(p) for p in self.where)
+
+    def __str__(self) -> str:
+        place = self.file or "<graph>"
+        if self.line is not None:
+            place += f":{self.line}"
+            if self.column is not None:
+                place += f":{self.column}"
+        text = f"{place}: "
+        if self.field:
+            text += f"{self.field}: "
+        text += self.message
+        if self.expected:
+            text += f"\n  expected: {self.expected}"
+        if self.suggestion:
+            text += f"\n  hint: {self.suggestion}"
+        return text
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str], where: tuple[str | int, ...] | str = ()) -> GraphError:
+    """The error for a reference to something that is not registered or declared."""
+    known = sorted(set(known))
+    shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+    return GraphError(
+        f"unknown {kind} `{name}`",
+        where=where,
+        expected=f"one of: {shown}" if known else f"a declared {kind}",
+        suggestion=did_you_mean(name, known),
+    )
+
+
+class TrainingError(Exception):
+    """A run that cannot go on (a non-finite loss, a missing checkpoint)."""

@@ -1,0 +1,1 @@
+"""Small single-purpose building blocks: per-sample losses, gates, aggregators, adapters."""

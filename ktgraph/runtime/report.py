@@ -1,0 +1,50 @@
+"""The end-of-run table: every network's, path's and aggregate's accuracy, last and best."""
+from __future__ import annotations
+
+from typing import Any
+
+from tabulate import tabulate
+
+from ..graph import KTGraph
+
+
+def node_kind(graph: KTGraph, node: str) -> str:
+    if node in graph.networks:
+        return "network"
+    if node in graph.paths:
+        return "cross path"
+    return "aggregate"
+
+
+def node_route(graph: KTGraph, node: str) -> str:
+    if node in graph.paths:
+        return " > ".join(graph.paths[node].segments)
+    agg = next((a for a in graph.aggregators.values() if node in a.outputs()), None)
+    return f"{agg.kind}({', '.join(r.name for r in agg.inputs)})" if agg else ""
+
+
+def accuracy_rows(graph: KTGraph, last: dict[str, Any], best: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for node, entry in last.items():
+        top = best[node]
+        select = "val" if "val" in top else "test"
+        row = {"node": node, "kind": node_kind(graph, node), "route": node_route(graph, node),
+               "last_epoch": entry["epoch"], "top1_last": entry["test"]["top1"],
+               "best_epoch": top["epoch"], "top1_at_best": top["test"]["top1"], "best_chosen_on": select}
+        if "top5" in entry["test"]:
+            row["top5_last"] = entry["test"]["top5"]
+        rows.append(row)
+    order = {"network": 0, "cross path": 1, "aggregate": 2}
+    return sorted(rows, key=lambda r: (order[r["kind"]], r["node"]))
+
+
+def accuracy_table(graph: KTGraph, last: dict[str, Any], best: dict[str, Any]) -> str:
+    rows = accuracy_rows(graph, last, best)
+    headers = ["node", "kind", "route", "top-1 last (ep)", "top-1 at best (ep)"]
+    body = [[r["node"], r["kind"], r["route"], f"{r['top1_last']:.2f} ({r['last_epoch']})",
+             f"{r['top1_at_best']:.2f} ({r['best_epoch']}, by {r['best_chosen_on']})"] for r in rows]
+    if any("top5_last" in r for r in rows):
+        headers.append("top-5 last")
+        for line, r in zip(body, rows):
+            line.append(f"{r.get('top5_last', float('nan')):.2f}")
+    return tabulate(body, headers=headers, tablefmt="github")

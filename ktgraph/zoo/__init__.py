@@ -1,0 +1,10 @@
+"""Models for knowledge-transfer graphs: build any classifier by name, cut it into segments.
+
+Importing this package registers ktgraph's CIFAR networks (``resnet20``, ``wrn28_10``, ...).
+"""
+
+from ktgraph.zoo import cifar_resnet as _cifar_resnet  # noqa: F401  (registers the built-ins)
+from ktgraph.zoo.cuts import Segment, allowed_cuts, split
+from ktgraph.zoo.registry import create_model, is_model, list_models, register_model
+
+__all__ = ["Segment", "allowed_cuts", "create_model", "is_model", "list_models", "register_model", "split"]
