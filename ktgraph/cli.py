@@ -26,8 +26,18 @@ def _build(graph):
     from .data import build_data
     from .runtime import GraphModel
 
-    data = build_data(graph.spec.data, graph.spec.train.seed)
-    return GraphModel(graph, data.num_classes, (data.in_channels, data.image_size, data.image_size))
+    try:
+        data = build_data(graph.spec.data, graph.spec.train.seed)
+        return GraphModel(graph, data.num_classes, (data.in_channels, data.image_size, data.image_size))
+    except GraphError as err:
+        raise _located(err, graph) from None
+
+
+def _located(err: GraphError, graph) -> GraphError:
+    """Give an error raised while building modules the file and line of its field."""
+    if graph.source is not None:
+        graph.source.locate(err)
+    return err
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -36,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     files, overrides = _split_targets(args.targets)
     if args.resume:
         if files:
-            raise GraphError("give either a graph file or --resume RUN_DIR, not both",
+            raise GraphError("give either a graph file or --resume RUN_DIR, not both", file="command line",
                              suggestion="ktgraph run --resume RUN_DIR")
         run_dir = Path(args.resume)
         if not (run_dir / CONFIG).is_file():
@@ -44,12 +54,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         graph = load_graph(run_dir / CONFIG, overrides, allow_imports=args.allow_imports)
     else:
         if len(files) != 1:
-            raise GraphError("ktgraph run takes one graph file", expected="ktgraph run FILE [key=value ...]")
+            raise GraphError("ktgraph run takes one graph file", file="command line",
+                             expected="ktgraph run FILE [key=value ...]")
         graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
         run_dir = Path(args.out) if args.out else default_run_dir(graph, files[0])
     print(f"run directory: {run_dir}", file=sys.stderr)
     try:
         train(graph, run_dir, resume=bool(args.resume), progress_bar=not args.no_progress, argv=sys.argv)
+    except GraphError as err:
+        raise _located(err, graph) from None
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: ktgraph run --resume {run_dir}", file=sys.stderr)
         return 130
@@ -61,7 +74,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     files, overrides = _split_targets(args.targets)
     if not files:
-        raise GraphError("give at least one graph file", expected="ktgraph validate FILE [FILE ...]")
+        raise GraphError("give at least one graph file", file="command line",
+                         expected="ktgraph validate FILE [FILE ...]")
     failed = 0
     for file in files:
         try:
@@ -83,7 +97,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     files, overrides = _split_targets(args.targets)
     if len(files) != 1:
-        raise GraphError("ktgraph plan takes one graph file", expected="ktgraph plan FILE [key=value ...]")
+        raise GraphError("ktgraph plan takes one graph file", file="command line",
+                         expected="ktgraph plan FILE [key=value ...]")
     graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
     model = _build(graph)
     stages = graph.stages or [None]

@@ -7,17 +7,34 @@ traceback for these.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 
 
 def closest(name: str, candidates: Iterable[str], n: int = 1) -> list[str]:
     """The candidates that look most like ``name`` (for "did you mean ...?")."""
     pool = sorted(set(candidates))
-    found = difflib.get_close_matches(name, pool, n=n, cutoff=0.6)
+    # Same name but for case or a look-alike character (`resnet2O` for `resnet20`): that one first.
+    exact = [c for c in pool if _plain(c) == _plain(name) and c != name]
+    found = difflib.get_close_matches(name, pool, n=n + 8, cutoff=0.6)
     if not found:
         lowered = {c.lower(): c for c in pool}
-        found = [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)]
-    return found
+        found = [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n + 8, cutoff=0.6)]
+
+    def rank(candidate: str) -> tuple[float, int]:
+        # Equal similarity: prefer the longer shared prefix (`resnet19` -> `resnet18`, not `wresnet19`).
+        a, b = name.lower(), candidate.lower()
+        return (-round(difflib.SequenceMatcher(None, a, b).ratio(), 6), -len(os.path.commonprefix([a, b])))
+
+    ranked = sorted(found, key=rank)  # stable: difflib's own order breaks the remaining ties
+    return (exact + [c for c in ranked if c not in exact])[:n]
+
+
+_LOOKALIKE = str.maketrans({"o": "0", "l": "1", "i": "1", "-": "_"})
+
+
+def _plain(name: str) -> str:
+    return name.lower().translate(_LOOKALIKE)
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

@@ -155,7 +155,34 @@ class _Builder:
             if name in self.networks:
                 raise GraphError(f"path `{name}` has the name of a network", where=where)
             segments = tuple(self.segment(s, where + ("segments", i)) for i, s in enumerate(spec.segments))
+            self._check_order(name, segments, where)
             self.add_path(Path(name, segments, spec.adapter, tuple(s.split(".")[0] for s in segments), where))
+
+    def _check_order(self, name: str, segments: tuple[str, ...], where: Where) -> None:
+        """A path reads the image first, and segments of one network follow each other in its order."""
+        first = self.networks[segments[0].split(".")[0]].segments
+        if segments[0] != first[0]:
+            raise GraphError(f"path `{name}` starts with `{segments[0]}`, which reads the output of "
+                             f"`{first[first.index(segments[0]) - 1]}`, not the input image",
+                             where=where + ("segments", 0), suggestion=f"start the path with a first part such as "
+                                                                       f"`{first[0]}`")
+        for i, (a, b) in enumerate(zip(segments, segments[1:]), start=1):
+            own = self.networks[a.split(".")[0]].segments
+            if b in own and own.index(b) != own.index(a) + 1:
+                after = own[own.index(a) + 1] if own.index(a) + 1 < len(own) else "nothing (it is the last part)"
+                raise GraphError(f"path `{name}`: `{b}` cannot follow `{a}`; in its network `{a}` is followed "
+                                 f"by {after if after.startswith('nothing') else f'`{after}`'}",
+                                 where=where + ("segments", i), expected="the parts of one network in their order")
+
+    def _logits(self, ref: Ref, what: str, where: Where) -> None:
+        """A path used as class logits must end with a network's last part."""
+        if ref.kind == "logits":
+            last = self.paths[ref.name].segments[-1]
+            own = self.networks[last.split(".")[0]].segments
+            if last != own[-1]:
+                raise GraphError(f"{what} needs class logits, but path `{ref.name}` ends with `{last}`, an "
+                                 f"intermediate feature", where=where,
+                                 suggestion=f"end the path with `{own[-1]}`, or use it in a mimic link")
 
     def crosses(self) -> None:
         for index, cross in enumerate(self.spec.crosses):
@@ -175,6 +202,13 @@ class _Builder:
             if len(parts) < 2:
                 raise GraphError("crossed networks need at least one cut", where=where,
                                  suggestion="add `cuts:` to the networks")
+            module_cuts = self.spec.networks[cross.networks[0]].cuts
+            for ci, cut in enumerate(cross.cut or []):
+                if cut not in parts[:-1] and cut in module_cuts:
+                    raise GraphError(f"cross cut `{cut}` is a module name; a cross cuts at a part name",
+                                     where=where + ("cut", ci), expected="one of: " + ", ".join(parts[:-1]),
+                                     suggestion=f"write `cut: {parts[module_cuts.index(cut)]}` (the part that "
+                                                f"ends at `{cut}`)")
             for combo in self._combinations(cross.kind, cross.networks, parts, cross.cut, where):
                 segments = tuple(f"{net}.{part}" for net, part in zip(combo, parts))
                 self.add_path(Path("-".join(combo), segments, cross.adapter, combo, where))
@@ -216,6 +250,16 @@ class _Builder:
         if name in self.aggregators:
             raise GraphError(f"aggregator `{name}` has one output per input",
                              where=where, expected="one of " + ", ".join(self.aggregators[name].outputs()))
+        pieces = name.split("-")
+        if len(pieces) > 1 and all(p in self.networks for p in pieces):
+            raise GraphError(f"unknown path `{name}`", where=where,
+                             expected="a path declared under `paths:` or made by `crosses:`",
+                             suggestion=f"add `crosses: [{{kind: xml, networks: [{', '.join(dict.fromkeys(pieces))}]}}]` "
+                                        f"or declare `{name}` under `paths:`")
+        if "{" in name:
+            raise GraphError(f"unknown node `{name}`", where=where, expected="a network, path, `net.part` or "
+                             "aggregator output", suggestion="placeholders like `{i}` need `each: {i: [...]}` "
+                                                             "on the same link")
         known = list(self.paths) + list(self.aliases) + self.segment_names + list(outputs)
         raise unknown_name("node", name, known + ([LABEL] if allow_label else []), where)
 
@@ -243,6 +287,7 @@ class _Builder:
                 if not r.predicts:
                     raise GraphError(f"`{r}` is a feature, not logits", where=where + ("inputs", i),
                                      expected="a network, path or aggregator output")
+                self._logits(r, f"aggregator `{name}`", where + ("inputs", i))
             features: tuple[Ref, ...] = ()
             if isinstance(agg, AttentionAggregator):
                 features = tuple(self.ref(r, where + ("features", i)) for i, r in enumerate(agg.features))
@@ -273,11 +318,20 @@ class _Builder:
 
     def _fill(self, value: Any, env: dict[str, str], where: Where) -> Any:
         if isinstance(value, str):
-            for _, field_name, _, _ in string.Formatter().parse(value):
+            try:
+                fields = list(string.Formatter().parse(value))
+            except ValueError as err:
+                raise GraphError(f"`{value}` is not a valid template: {err}", where=where,
+                                 expected="placeholders written `{name}`; write `{{` or `}}` for a brace") from None
+            for _, field_name, _, _ in fields:
                 if field_name is not None and field_name not in env:
                     raise GraphError(f"`{{{field_name}}}` is not a variable of `each`", where=where,
                                      expected="one of " + ", ".join("{%s}" % v for v in env))
-            return value.format_map(env)
+            try:
+                return value.format_map(env)
+            except (ValueError, AttributeError, IndexError, KeyError, TypeError) as err:
+                raise GraphError(f"`{value}` cannot be filled in: {err}", where=where,
+                                 expected="plain placeholders such as `{i}`") from None
         if isinstance(value, list):
             return [self._fill(v, env, where) for v in value]
         return value
@@ -315,6 +369,10 @@ class _Builder:
                 if kind == "kl" and not source.predicts:
                     raise GraphError(f"a kl link needs logits as source; `{source}` is a {source.kind}",
                                      where=where + ("source",))
+                if kind in ("ce", "kl"):
+                    self._logits(target, f"a {kind} link's target", where + ("target",))
+                if kind == "kl":
+                    self._logits(source, "a kl link's source", where + ("source",))
                 if kind == "mimic" and source.kind == "label":
                     raise GraphError("a mimic link needs a feature as source", where=where + ("source",))
                 gate = fields["gate"]

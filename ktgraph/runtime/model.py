@@ -56,14 +56,17 @@ class GraphModel(nn.Module):
                 model = create_model(spec.model, num_classes, cifar_stem=spec.cifar_stem, weights=spec.weights,
                                      **spec.kwargs)
             except GraphError as err:
-                err.where = err.where or where + ("weights" if "weight" in err.message else "model",)
+                field = ("weights" if "weights file" in err.message else "cifar_stem" if "cifar_stem" in err.message
+                         else "model" if err.message.startswith("unknown") or not spec.kwargs else "kwargs")
+                err.where = err.where or where + (field,)
                 raise
             except TypeError as err:
                 raise GraphError(f"model `{spec.model}` rejected its arguments: {err}", where=where + ("kwargs",))
             try:
                 segments = split(model, spec.cuts)
             except GraphError as err:
-                err.where = err.where or where + ("cuts",)
+                named = [i for i, cut in enumerate(spec.cuts) if f"`{cut}`" in err.message]
+                err.where = err.where or where + (("cuts", named[-1]) if named else ("cuts",) if spec.cuts else ())
                 raise
             self.networks[name] = model
             self.segments.update(zip(net.segments, segments))

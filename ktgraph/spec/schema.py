@@ -20,7 +20,7 @@ RESERVED_NAMES = frozenset({"label", "all", "x"})
 class Strict(BaseModel):
     """Base of every section: unknown fields are errors that name the closest field."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,71 @@
+"""Shared test helpers: a tiny cuttable network and a graph builder from YAML text."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ktgraph.compile import compile_plan
+from ktgraph.graph import build_graph
+from ktgraph.runtime import Executor, GraphModel
+from ktgraph.spec import parse_yaml, validate
+from ktgraph.spec.loader import LoadedGraph
+from ktgraph.zoo import is_model, register_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyNet(nn.Module):
+    """stem -> block1 -> block2 -> head, with BatchNorm, small enough for exact gradient checks."""
+
+    def __init__(self, num_classes: int, width: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(width, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8),
+                                    nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(8, 2 * width, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block2(self.block1(self.stem(x))))
+
+    def ktgraph_stages(self) -> list[tuple[str, nn.Module]]:
+        return [("stem", self.stem), ("block1", self.block1), ("block2", self.block2), ("head", self.head)]
+
+
+if not is_model("tiny_test"):
+    register_model(name="tiny_test")(lambda num_classes, width=4: TinyNet(num_classes, width))
+
+NUM_CLASSES = 5
+SHAPE = (3, 8, 8)
+
+
+class Built:
+    """A graph compiled and ready to run, from YAML text."""
+
+    def __init__(self, text: str, frozen: set[str] | None = None) -> None:
+        raw, source = parse_yaml(textwrap.dedent(text), "<test>")
+        spec = validate(raw, source)
+        self.graph = build_graph(LoadedGraph(spec, source, raw))
+        torch.manual_seed(0)
+        self.model = GraphModel(self.graph, NUM_CLASSES, SHAPE)
+        self.plan = compile_plan(self.graph, adapters=self.model.adapter_keys,
+                                 regressors=self.model.regressor_keys, frozen=frozen or set())
+        self.executor = Executor(self.plan, self.model)
+
+    def net(self, name: str) -> nn.Module:
+        return self.model.networks[name]
+
+    def grads(self) -> dict[str, torch.Tensor | None]:
+        return {n: (p.grad.clone() if p.grad is not None else None) for n, p in self.model.named_parameters()}
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(6, *SHAPE, generator=generator)
+    y = torch.randint(0, NUM_CLASSES, (6,), generator=generator)
+    return x, y

@@ -1,0 +1,75 @@
+"""Whole runs through the CLI: the default job, resume, and a diverging run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from conftest import ROOT
+from ktgraph.cli import main
+from ktgraph.runtime.trainer import Trainer
+
+QUICK = ["data.limit_train=96", "data.limit_test=40", "data.image_size=16", "train.batch_size=32",
+         "train.eval_batch_size=64"]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_default_job_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", str(ROOT / "graphs/multi_xross.yaml"), "--out", str(out), "--no-progress",
+                 "train.epochs=1", *QUICK])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for node in ["net1", "net2", "net1-net2-net1", "net2-net1-net2", "ensemble"]:
+        assert f"| {node} " in printed
+    assert {"config.yaml", "env.json", "metrics.jsonl", "summary.json", "checkpoints"} <= {p.name for p in out.iterdir()}
+    env = json.loads((out / "env.json").read_text())
+    assert env["seed"] == 0 and env["torch"] == torch.__version__
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["rows"]) == 9  # 2 networks + 6 cross paths + the ensemble
+    assert "train:\n" in (out / "config.yaml").read_text()  # the fully resolved config
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    graph = str(ROOT / "graphs/kd.yaml")
+    args = ["--no-progress", "stages.0.epochs=1", "stages.1.epochs=2", *QUICK]
+    whole = tmp_path / "whole"
+    assert main(["run", graph, "--out", str(whole), *args]) == 0
+
+    broken = tmp_path / "broken"
+    real_epoch = Trainer._train_epoch
+    calls = {"n": 0}
+
+    def interrupted(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C in the middle of the last epoch
+            raise KeyboardInterrupt
+        return real_epoch(self, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    assert main(["run", graph, "--out", str(broken), *args]) == 130
+    monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
+    assert len(metrics(broken)) == 2
+    assert main(["run", "--resume", str(broken), "--no-progress"]) == 0
+
+    for a, b in zip(metrics(whole), metrics(broken), strict=True):
+        assert (a["stage"], a["epoch"]) == (b["stage"], b["epoch"])
+        assert a["links"] == b["links"] and a["test"] == b["test"]
+    end_a = torch.load(whole / "checkpoints/last.pt", weights_only=True)["model"]
+    end_b = torch.load(broken / "checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(end_a[k], end_b[k]) for k in end_a)
+
+
+def test_non_finite_loss_stops_and_names_the_link(tmp_path, capsys):
+    out = tmp_path / "nan"
+    code = main(["run", str(ROOT / "graphs/dml.yaml"), "--out", str(out), "--no-progress", "train.epochs=2",
+                 "train.schedule.name=multistep", "train.schedule.milestones=[1]", "train.schedule.gamma=1e30",
+                 *QUICK])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "link `" in err and "last good checkpoint" in err
+    assert len(metrics(out)) == 1 and (out / "checkpoints/last.pt").exists()
