@@ -22,7 +22,7 @@ def closest(name: str, candidates: Iterable[str], n: int = 1) -> list[str]:
         found = [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n + 8, cutoff=0.6)]
 
     def rank(candidate: str) -> tuple[float, int]:
-        # Equal similarity: prefer the longer shared prefix (`resnet19` -> `resnet18`, not `wresnet19`).
+        # Equal similarity: prefer the longer shared prefix (typos sit late in a name more often than early).
         a, b = name.lower(), candidate.lower()
         return (-round(difflib.SequenceMatcher(None, a, b).ratio(), 6), -len(os.path.commonprefix([a, b])))
 

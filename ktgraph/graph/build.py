@@ -252,9 +252,10 @@ class _Builder:
                              where=where, expected="one of " + ", ".join(self.aggregators[name].outputs()))
         pieces = name.split("-")
         if len(pieces) > 1 and all(p in self.networks for p in pieces):
+            nets = ", ".join(dict.fromkeys(pieces))
             raise GraphError(f"unknown path `{name}`", where=where,
                              expected="a path declared under `paths:` or made by `crosses:`",
-                             suggestion=f"add `crosses: [{{kind: xml, networks: [{', '.join(dict.fromkeys(pieces))}]}}]` "
+                             suggestion=f"add `crosses: [{{kind: xml, networks: [{nets}]}}]` "
                                         f"or declare `{name}` under `paths:`")
         if "{" in name:
             raise GraphError(f"unknown node `{name}`", where=where, expected="a network, path, `net.part` or "
@@ -368,7 +369,9 @@ class _Builder:
                                      where=where + ("target",), suggestion="use kind: mimic for features")
                 if kind == "kl" and not source.predicts:
                     raise GraphError(f"a kl link needs logits as source; `{source}` is a {source.kind}",
-                                     where=where + ("source",))
+                                     where=where + ("source",),
+                                     suggestion="use kind: ce to learn from the label" if source.kind == "label"
+                                     else "use kind: mimic for features")
                 if kind in ("ce", "kl"):
                     self._logits(target, f"a {kind} link's target", where + ("target",))
                 if kind == "kl":

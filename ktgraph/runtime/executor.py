@@ -21,16 +21,18 @@ class Executor:
         self.model = model
         self.bn_stats = bn_stats
         self._norms: dict[str, list[nn.Module]] = {}
-        self._terms = {t.link: t for t in plan.terms}
-        self._group_params = [self._parameters(g.trains) for g in plan.groups]
+        self._params: dict[frozenset[str], list[nn.Parameter]] = {}
 
-    def _parameters(self, owners: frozenset[str]) -> list[torch.nn.Parameter]:
-        seen: dict[int, torch.nn.Parameter] = {}
-        for owner in sorted(owners):
-            for p in self.model.owner_parameters(owner):
-                if p.requires_grad:
-                    seen.setdefault(id(p), p)
-        return list(seen.values())
+    def _parameters(self, owners: frozenset[str]) -> list[nn.Parameter]:
+        """The trainable parameters of some owners (segments, adapters, ...), each once."""
+        if owners not in self._params:
+            seen: dict[int, nn.Parameter] = {}
+            for owner in sorted(owners):
+                for p in self.model.owner_parameters(owner):
+                    if p.requires_grad:
+                        seen.setdefault(id(p), p)
+            self._params[owners] = list(seen.values())
+        return self._params[owners]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Every value of the plan, keyed by its expression."""
@@ -103,17 +105,19 @@ class Executor:
         return nodes
 
     def backward(self, losses: dict[str, Tensor], scale: Callable[[Tensor], Tensor] = lambda t: t,
-                 groups: range | None = None) -> None:
+                 only: frozenset[str] | None = None) -> None:
         """Accumulate each group's gradient into exactly the parameters it trains.
 
         One forward serves every group: each backward is restricted with ``inputs=`` so a
-        loss flows through other segments without updating them.
+        loss flows through other segments without updating them. ``only`` narrows every
+        group to some owners (one network at a time, for alternating updates).
         """
-        chosen = [i for i in (groups if groups is not None else range(len(self.plan.groups)))]
         work = []
-        for i in chosen:
-            total = sum(losses[name] for name in self.plan.groups[i].terms)
-            if isinstance(total, Tensor) and total.requires_grad and self._group_params[i]:
-                work.append((total, self._group_params[i]))
+        for group in self.plan.groups:
+            owners = group.trains if only is None else group.trains & only
+            params = self._parameters(owners) if owners else []
+            total = sum(losses[name] for name in group.terms)
+            if params and isinstance(total, Tensor) and total.requires_grad:
+                work.append((total, params))
         for n, (total, params) in enumerate(work):
             torch.autograd.backward(scale(total), inputs=params, retain_graph=n < len(work) - 1)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..compile import compile_plan, regressor_key
+from ..compile import Plan, compile_plan, regressor_key
 from ..errors import GraphError
 from ..graph import KTGraph, junction_key
 from ..nn.adapters import make_adapter
@@ -84,9 +84,10 @@ class GraphModel(nn.Module):
             for segment in net.segments:
                 try:
                     y = self.segments[segment](x)
-                except RuntimeError as err:
-                    raise GraphError(f"segment `{segment}` fails on a {tuple(x.shape)} input: {err}",
-                                     where=("networks", net.name), suggestion="check data.image_size and cuts")
+                except Exception as err:  # any failure of user-chosen model code is a graph error
+                    raise GraphError(f"segment `{segment}` fails on a {tuple(x.shape)} input: "
+                                     f"{type(err).__name__}: {err}", where=("networks", net.name, "model"),
+                                     suggestion="check data.image_size, the model and its cuts") from None
                 shapes[segment] = (x.shape, y.shape)
                 x = y
         return shapes
@@ -103,7 +104,7 @@ class GraphModel(nn.Module):
                 where = path.where
                 if path.adapter == "none":
                     raise GraphError(f"path `{path.name}`: `{up}` gives {tuple(out[1:])} but `{down}` takes "
-                                     f"{tuple(need[1:])}", where=where,
+                                     f"{tuple(need[1:])}", where=where + ("adapter",),
                                      suggestion="set `adapter: auto` to join them with a 1x1 conv + ReLU")
                 if len(out) != 4 or out[2:] != need[2:]:
                     raise GraphError(f"path `{path.name}`: `{up}` gives {tuple(out[1:])} but `{down}` takes "
@@ -128,10 +129,8 @@ class GraphModel(nn.Module):
         mimics = [link for link in self.graph.links if link.kind == "mimic"]
         if not mimics:
             return
-        from .executor import Executor  # the executor runs plans on this model
-
         plan = compile_plan(self.graph, adapters=self.adapter_keys)
-        values = Executor(plan, self).forward(self._probe())
+        values = self._probe_values(plan)
         for link in mimics:
             if link.gate == "cutoff":
                 continue
@@ -141,19 +140,29 @@ class GraphModel(nn.Module):
                 continue
             if link.adapter == "none" or len(source) != 4 or source[2:] != target[2:]:
                 raise GraphError(f"link `{link.name}`: target feature {tuple(target[1:])} cannot be compared with "
-                                 f"source feature {tuple(source[1:])}", where=link.where,
+                                 f"source feature {tuple(source[1:])}",
+                                 where=link.where + (("adapter",) if link.adapter == "none" else ()),
                                  suggestion="use `adapter: auto` (a 1x1 conv + BN + ReLU regressor) and features "
                                             "of the same spatial size")
             kind = "conv_bn_relu" if link.adapter == "auto" else link.adapter
             self.regressors[_key(regressor_key(link.name))] = make_adapter(kind, target[1], source[1])
             self.regressor_keys.add(regressor_key(link.name))
 
-    def _dry_run(self) -> None:
-        from .executor import Executor
+    def _probe_values(self, plan: Plan) -> dict[str, torch.Tensor]:
+        """Run a plan on the probe batch; any failure becomes a graph error, not a traceback."""
+        from .executor import Executor  # the executor runs plans on this model
 
+        try:
+            return Executor(plan, self).forward(self._probe())
+        except Exception as err:
+            raise GraphError(f"the graph fails a dry run on a {tuple(self._probe().shape)} input: "
+                             f"{type(err).__name__}: {err}", suggestion="check the shapes of paths and "
+                             "aggregator inputs (`ktgraph plan` lists every step)") from None
+
+    def _dry_run(self) -> None:
         for mode in ("train", "eval"):
-            plan = compile_plan(self.graph, mode=mode, adapters=self.adapter_keys, regressors=self.regressor_keys)
-            Executor(plan, self).forward(self._probe())
+            self._probe_values(compile_plan(self.graph, mode=mode, adapters=self.adapter_keys,
+                                            regressors=self.regressor_keys))
         self.train()
 
     # --- lookup -----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..compile import compile_plan
+from ..compile import Plan, compile_plan
 from ..data import DataBundle, build_data
 from ..errors import GraphError, TrainingError
 from ..graph import KTGraph
@@ -44,6 +44,20 @@ def resolve_device(name: str) -> torch.device:
 
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:
     return seed * 1_000_003 + stage * 10_007 + epoch
+
+
+def update_passes(graph: KTGraph, plan: Plan) -> list[frozenset[str]]:
+    """For alternating updates: one pass per network (DML's schedule), then one for the rest.
+
+    Each pass recomputes the forward with the parameters the previous passes updated.
+    Adapters go with the network they leave; aggregator and regressor parameters,
+    which belong to no network, are updated in a last pass.
+    """
+    owners = frozenset().union(*(g.trains for g in plan.groups))
+    passes = [frozenset(o for o in owners if graph.network_of(o) == name) for name in graph.networks]
+    passes = [p for p in passes if p]
+    rest = owners.difference(*passes)
+    return passes + ([rest] if rest else [])
 
 
 @dataclass
@@ -157,20 +171,19 @@ class Trainer:
         self.model.train()
         sums: dict[str, float] = defaultdict(float)
         node_sums: dict[str, float] = defaultdict(float)
-        groups = len(executor.plan.groups)
-        alternating = self.train_spec.update == "alternating"
+        passes = update_passes(self.graph, executor.plan) if self.train_spec.update == "alternating" else [None]
         bar = tqdm(loader, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}", leave=False,
                    disable=not self.progress_bar, dynamic_ncols=True)
         for batch_index, (images, labels) in enumerate(bar):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             ctx = GateContext(iteration=epoch * steps + batch_index + 1, total_iterations=stage.epochs * steps,
                               epoch=epoch)
-            for chosen in ([range(g, g + 1) for g in range(groups)] if alternating else [None]):
+            for only in passes:
                 with self._autocast():
                     losses = executor.losses(executor.forward(images), labels, ctx)
                 self._check_finite(losses, epoch, batch_index)
                 optimizer.zero_grad(set_to_none=True)
-                executor.backward(losses, scaler.scale, chosen)
+                executor.backward(losses, scaler.scale, only)
                 scaler.step(optimizer)
                 scaler.update()
             scheduler.step()
