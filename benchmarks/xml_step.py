@@ -72,9 +72,10 @@ class PlanStep:
         self.ex.backward(losses)
         return sum(losses.values()).detach()
 
-    def step(self, x: Tensor, y: Tensor) -> None:
-        self.forward_backward(x, y)
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        loss = self.forward_backward(x, y)
         self.opt.step()
+        return loss
 
 
 # --- (b) hand-written PyTorch ------------------------------------------------------------------
@@ -148,9 +149,10 @@ class HandStep:
         loss2.backward(inputs=self.params2)                     # loss_2 trains net2 only
         return (loss1 + loss2).detach()
 
-    def step(self, x: Tensor, y: Tensor) -> None:
-        self.forward_backward(x, y)
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        loss = self.forward_backward(x, y)
         self.opt.step()
+        return loss
 
 
 # --- checks and timing ----------------------------------------------------------------------------
@@ -261,11 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     sync()
 
     times: dict[str, list[float]] = {"a": [], "b": []}
+    last: dict[str, Tensor] = {}
     for x, y in batches[1 + args.warmup:1 + args.warmup + args.steps]:
         for key, variant in (("a", a), ("b", b)):
             sync()
             start = time.perf_counter()
-            variant.step(x, y)
+            last[key] = variant.step(x, y)
             sync()
             times[key].append(time.perf_counter() - start)
 
@@ -279,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio median(a)/median(b) = {ratio:.3f}   (median of paired a/b ratios: {paired:.3f}; "
           f"min(a)/min(b) = {min(times['a']) / min(times['b']):.3f})")
     print(f"target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}")
+    if last:
+        print(f"total loss at the last timed step: (a) {last['a'].item():.4f}, (b) {last['b'].item():.4f}")
 
     if args.profile:
         rest = batches[1 + args.warmup + args.steps:]

@@ -6,6 +6,7 @@ never with a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -154,6 +155,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):  # `ktgraph plan FILE | head` ends quietly, like other Unix tools
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     top = parser()
     args, extra = top.parse_known_args(argv)
     unknown = [e for e in extra if "=" not in e or e.startswith("-")]

@@ -73,3 +73,26 @@ def test_non_finite_loss_stops_and_names_the_link(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "non-finite loss" in err and "link `" in err and "last good checkpoint" in err
     assert len(metrics(out)) == 1 and (out / "checkpoints/last.pt").exists()
+
+
+def test_network_with_all_links_cut_off_is_a_fixed_teacher(tmp_path):
+    graph = tmp_path / "dcl.yaml"
+    graph.write_text("""
+networks:
+  student: {model: resnet8}
+  teacher: {model: resnet8}
+links:
+  - {kind: ce, target: student}
+  - {kind: kl, source: teacher, target: student}
+  - {kind: ce, target: teacher, gate: cutoff}
+train: {epochs: 1}
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(graph), "--out", str(out), "--no-progress", *QUICK]) == 0
+    from ktgraph.runtime.run import load_graph
+
+    fresh = Trainer(load_graph(graph, QUICK), tmp_path / "fresh", progress_bar=False).model.state_dict()
+    trained = torch.load(out / "checkpoints/last.pt", weights_only=True)["model"]
+    teacher = [k for k in fresh if k.startswith("networks.teacher.")]
+    assert teacher and all(torch.equal(fresh[k], trained[k]) for k in teacher)  # BN statistics included
+    assert not all(torch.equal(fresh[k], trained[k]) for k in fresh if k.startswith("networks.student."))

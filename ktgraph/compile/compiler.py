@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
+import networkx as nx
+
 from ..graph import ALL, KTGraph, Link, Ref, junction_key
 from .plan import INPUT, Aggregate, Call, Group, Plan, Step, Term
 
@@ -25,12 +27,23 @@ def regressor_key(link: str) -> str:
 
 
 class _Lowering:
+    """Turns references into steps on a networkx data-flow graph of values.
+
+    A value is named by the expression that computes it, so asking twice for the same
+    segment on the same input finds the node that exists: prefixes are shared by
+    construction. A node's ancestors tell which parameters a value depends on.
+    """
+
     def __init__(self, graph: KTGraph, adapters: Collection[str]) -> None:
         self.graph = graph
         self.adapters = set(adapters)
-        self.steps: dict[str, Step] = {}
-        self.deps: dict[str, frozenset[str]] = {INPUT: frozenset()}
+        self.flow = nx.DiGraph()
+        self.flow.add_node(INPUT, step=None, owner=None)
         self.outputs: dict[str, str] = {}
+
+    def _add(self, out: str, step: Step, owner: str | None) -> None:
+        self.flow.add_node(out, step=step, owner=owner, order=len(self.flow))
+        self.flow.add_edges_from((value, out) for value in step.inputs)
 
     def chain(self, segments: Iterable[str]) -> str:
         value, previous = INPUT, None
@@ -43,13 +56,12 @@ class _Lowering:
 
     def call(self, module: str, value: str) -> str:
         out = f"{module}({value})"
-        if out not in self.steps:
-            before = self.steps.get(value)
+        if out not in self.flow:
+            before = self.flow.nodes[value]["step"]
             own = ">" not in module and (value == INPUT or (
                 isinstance(before, Call) and before.own
                 and self.graph.network_of(before.module) == self.graph.network_of(module)))
-            self.steps[out] = Call(out, module, value, own)
-            self.deps[out] = self.deps[value] | {module}
+            self._add(out, Call(out, module, value, own), module)
         return out
 
     def value(self, ref: Ref) -> str:
@@ -66,17 +78,29 @@ class _Lowering:
 
     def aggregate(self, output: str) -> str:
         agg = next(a for a in self.graph.aggregators.values() if output in a.outputs())
-        if output not in self.steps:
+        if output not in self.flow:
             logits = tuple(self.value(r) for r in agg.inputs)
             features = tuple(self.value(r) for r in agg.features)
             step = Aggregate(agg.outputs(), agg.name, agg.kind, logits, features)
-            deps = frozenset().union(*(self.deps[v] for v in logits + features))
-            if agg.kind in PARAMETRIC_AGGREGATORS:
-                deps |= {agg.name}
+            owner = agg.name if agg.kind in PARAMETRIC_AGGREGATORS else None
             for out in agg.outputs():
-                self.steps[out] = step
-                self.deps[out] = deps
+                self._add(out, step, owner)
         return output
+
+    def deps(self, value: str) -> frozenset[str]:
+        """The owners whose parameters ``value`` depends on."""
+        nodes = nx.ancestors(self.flow, value) | {value}
+        return frozenset(o for o in (self.flow.nodes[n]["owner"] for n in nodes) if o is not None)
+
+    def steps(self) -> list[Step]:
+        """Every step once, in a dependency order that keeps the order values were asked for."""
+        order = nx.lexicographical_topological_sort(self.flow, key=lambda n: self.flow.nodes[n].get("order", -1))
+        steps: list[Step] = []
+        for node in order:
+            step = self.flow.nodes[node]["step"]
+            if step is not None and step not in steps:
+                steps.append(step)
+        return steps
 
     def own(self, ref: Ref) -> frozenset[str]:
         """What a link trains by default: the parameters that belong to its target."""
@@ -94,7 +118,7 @@ class _Lowering:
         target = self.value(link.target)
         source = None if link.source.kind == "label" else self.value(link.source)
         regressor = regressor_key(link.name) if regressor_key(link.name) in regressors else None
-        deps = self.deps[target] | (self.deps[source] if source and not link.detach else frozenset())
+        deps = self.deps(target) | (self.deps(source) if source and not link.detach else frozenset())
         if regressor:
             deps |= {regressor}
         wanted = deps if link.trains is not None and ALL in link.trains else (link.trains or self.own(link.target))
@@ -102,8 +126,7 @@ class _Lowering:
                            if self.graph.network_of(o) not in frozen)
         return Term(link=link.name, kind=link.kind, node=link.target.name, source=source, target=target,
                     weight=link.weight, gate=link.gate, gate_length=link.gate_length, trains=trains, deps=deps,
-                    T=link.T, detach=link.detach, loss=link.loss, regressor=regressor,
-                    source_predicts=link.source.predicts or link.source.kind == "label")
+                    T=link.T, detach=link.detach, loss=link.loss, regressor=regressor)
 
 
 def gradient_groups(terms: Iterable[Term]) -> tuple[Group, ...]:
@@ -160,10 +183,7 @@ def compile_plan(graph: KTGraph, *, mode: str = "train", adapters: Collection[st
                 lowering.value(Ref("aggregate", out))
     else:
         raise ValueError(f"unknown plan mode {mode!r}")
-    steps: list[Step] = []
-    for step in lowering.steps.values():
-        if step not in steps:
-            steps.append(step)
+    steps = lowering.steps()
     groups = gradient_groups(terms) if mode == "train" else ()
     names = {INPUT: INPUT}
     for step in steps:

@@ -66,7 +66,6 @@ class Term:
     detach: bool = True
     loss: str = "mse"
     regressor: str | None = None
-    source_predicts: bool = True
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
@@ -99,7 +99,6 @@ class KTGraph:
     links: list[Link]
     stages: list[StageSpec]
     source: Any = None
-    dag: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
 
     @property
     def segments(self) -> list[str]:
@@ -156,6 +155,13 @@ class _Builder:
                 raise GraphError(f"path `{name}` has the name of a network", where=where)
             segments = tuple(self.segment(s, where + ("segments", i)) for i, s in enumerate(spec.segments))
             self._check_order(name, segments, where)
+            own = self.networks[segments[-1].split(".")[0]].segments
+            if segments[-1] != own[-1]:
+                raise GraphError(f"path `{name}` ends with `{segments[-1]}`, an intermediate feature; a path "
+                                 "must end with a network's last part, which gives class logits",
+                                 where=where + ("segments", len(segments) - 1),
+                                 suggestion=f"end the path with `{own[-1]}`; to compare features use a mimic link "
+                                            "on `net.part`")
             self.add_path(Path(name, segments, spec.adapter, tuple(s.split(".")[0] for s in segments), where))
 
     def _check_order(self, name: str, segments: tuple[str, ...], where: Where) -> None:
@@ -173,16 +179,6 @@ class _Builder:
                 raise GraphError(f"path `{name}`: `{b}` cannot follow `{a}`; in its network `{a}` is followed "
                                  f"by {after if after.startswith('nothing') else f'`{after}`'}",
                                  where=where + ("segments", i), expected="the parts of one network in their order")
-
-    def _logits(self, ref: Ref, what: str, where: Where) -> None:
-        """A path used as class logits must end with a network's last part."""
-        if ref.kind == "logits":
-            last = self.paths[ref.name].segments[-1]
-            own = self.networks[last.split(".")[0]].segments
-            if last != own[-1]:
-                raise GraphError(f"{what} needs class logits, but path `{ref.name}` ends with `{last}`, an "
-                                 f"intermediate feature", where=where,
-                                 suggestion=f"end the path with `{own[-1]}`, or use it in a mimic link")
 
     def crosses(self) -> None:
         for index, cross in enumerate(self.spec.crosses):
@@ -288,7 +284,6 @@ class _Builder:
                 if not r.predicts:
                     raise GraphError(f"`{r}` is a feature, not logits", where=where + ("inputs", i),
                                      expected="a network, path or aggregator output")
-                self._logits(r, f"aggregator `{name}`", where + ("inputs", i))
             features: tuple[Ref, ...] = ()
             if isinstance(agg, AttentionAggregator):
                 features = tuple(self.ref(r, where + ("features", i)) for i, r in enumerate(agg.features))
@@ -372,10 +367,6 @@ class _Builder:
                                      where=where + ("source",),
                                      suggestion="use kind: ce to learn from the label" if source.kind == "label"
                                      else "use kind: mimic for features")
-                if kind in ("ce", "kl"):
-                    self._logits(target, f"a {kind} link's target", where + ("target",))
-                if kind == "kl":
-                    self._logits(source, "a kl link's source", where + ("source",))
                 if kind == "mimic" and source.kind == "label":
                     raise GraphError("a mimic link needs a feature as source", where=where + ("source",))
                 gate = fields["gate"]
@@ -414,25 +405,7 @@ class _Builder:
         self.stages(links)
         graph = KTGraph(self.spec, self.networks, self.paths, self.aliases, self.aggregators, links,
                         list(self.spec.stages), self.source)
-        graph.dag = knowledge_dag(graph)
         return graph
-
-
-def knowledge_dag(graph: KTGraph) -> nx.MultiDiGraph:
-    """Nodes are values (paths, features, aggregates, the label); edges carry data or links."""
-    dag = nx.MultiDiGraph()
-    for net in graph.networks.values():
-        dag.add_node(net.name, kind="network")
-    for path in graph.paths.values():
-        dag.add_node(path.name, kind="path" if path.is_cross else "network", segments=path.segments)
-    for agg in graph.aggregators.values():
-        for out in agg.outputs():
-            dag.add_node(out, kind="aggregate", aggregator=agg.name)
-            for ref in agg.inputs + agg.features:
-                dag.add_edge(ref.name, out, kind="input")
-    for link in graph.links:
-        dag.add_edge(link.source.name, link.target.name, kind=link.kind, link=link.name, key=link.name)
-    return dag
 
 
 def build_graph(loaded: LoadedGraph | GraphSpec) -> KTGraph:

@@ -134,6 +134,9 @@ class Trainer:
     def _fit_stage(self, stage: StageSpec) -> None:
         self.model.set_extra_frozen(set(stage.freeze))
         plan = self._plan("train", stage)
+        # A network no active link trains is a fixed teacher: no gradient, BatchNorm in eval mode.
+        trained = {self.graph.network_of(o) for group in plan.groups for o in group.trains}
+        self.model.set_extra_frozen(set(stage.freeze) | (set(self.graph.networks) - trained))
         executor = Executor(plan, self.model, self.train_spec.bn_stats)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, self.train_spec.optimizer)
