@@ -122,6 +122,29 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .runtime.xross import format_tables, write_tables, xross_table
+
+    rows = xross_table(args.run_dir, split=args.split, progress=not args.no_progress, batch_size=args.batch_size,
+                       repeats=args.repeats, allow_imports=args.allow_imports)
+    written = write_tables(rows, args.run_dir)
+    print(format_tables(rows, title=f"Xross evaluation of {args.run_dir} ({args.split} split)"))
+    print(f"wrote {written['csv']} and {written['markdown']}", file=sys.stderr)
+    return 0
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    from .runtime.export import parse_amount, pick
+
+    cost, flag, text = next((c, f, t) for c, f, t in (("params", "--max-params", args.max_params),
+                                                      ("macs", "--max-macs", args.max_macs),
+                                                      ("latency_ms", "--max-latency", args.max_latency))
+                            if t is not None)
+    pick(args.run_dir, cost, parse_amount(text, flag), out=args.output, progress=not args.no_progress,
+         allow_imports=args.allow_imports)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ktgraph", description="Knowledge-transfer graphs for online distillation.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -147,6 +170,30 @@ def parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list registered model names")
     models.add_argument("pattern", nargs="?", default="*")
     models.set_defaults(func=cmd_models)
+
+    evaluate = sub.add_parser("eval", help="evaluate every path of a run: the Xross table with #params, MACs, "
+                                           "latency")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory `ktgraph run` wrote")
+    evaluate.add_argument("--split", choices=["test", "val"], default="test", help="the split to evaluate on")
+    evaluate.add_argument("--batch-size", type=int, help="batch size for evaluation and latency "
+                                                         "(default: the run's train.eval_batch_size)")
+    evaluate.add_argument("--repeats", type=int, default=10, help="timed batches per row for latency (median)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--allow-imports", action="store_true",
+                          help="allow the run config's `imports:` to run Python modules")
+    evaluate.set_defaults(func=cmd_eval)
+
+    pick = sub.add_parser("pick", help="export the most accurate path of a run under a budget")
+    pick.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (its xross.csv is made when missing)")
+    budget = pick.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-params", metavar="N", help="parameter budget (e.g. 150k, 1.5M)")
+    budget.add_argument("--max-macs", metavar="N", help="MACs per image budget (e.g. 5M)")
+    budget.add_argument("--max-latency", metavar="MS", help="latency budget, ms per batch")
+    pick.add_argument("-o", "--output", metavar="OUT", help="output file (default: RUN_DIR/picked-NODE.pt2)")
+    pick.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pick.add_argument("--allow-imports", action="store_true",
+                      help="allow the run config's `imports:` to run Python modules")
+    pick.set_defaults(func=cmd_pick)
 
     for command in (run, validate, plan):
         command.add_argument("--allow-imports", action="store_true",

@@ -49,10 +49,10 @@ def test_digits_sizes_shapes_and_classes() -> None:
     assert len(bundle.train) + len(bundle.test) == 1797
     assert len(bundle.test) == 359
     assert bundle.val is None
-    assert (bundle.num_classes, bundle.in_channels, bundle.image_size) == (10, 3, 32)
+    assert (bundle.num_classes, bundle.in_channels, bundle.image_size) == (10, 3, 16)
     assert bundle.class_names == tuple(str(d) for d in range(10))
     image, label = bundle.train[0]
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert image.shape == (3, 16, 16) and image.dtype == torch.float32
     assert type(image) is torch.Tensor and isinstance(label, int)
     assert 0.0 <= image.min() and image.max() <= 1.0
     assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
@@ -337,3 +337,24 @@ def test_image_folder_missing_train_folder(tmp_path: Path) -> None:
         build_data(make_spec(name="image_folder", root=str(tmp_path)), seed=0)
     assert caught.value.where == ("data", "root")
     assert "val_annotations.txt" in caught.value.expected
+
+
+def test_crop_padding_defaults_to_an_eighth_of_the_side() -> None:
+    """Unset, pad-and-crop shifts each image by at most size // 8 pixels (CIFAR's 4 at 32)."""
+    plain = build_data(make_spec(crop_padding=0, normalize=False), seed=0).train
+    padded = build_data(make_spec(crop_padding=None, normalize=False), seed=0).train
+    limit = 16 // 8
+
+    def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        canvas = torch.nn.functional.pad(image, (limit, limit, limit, limit))
+        return canvas[:, limit + dy: limit + dy + 16, limit + dx: limit + dx + 16]
+
+    torch.manual_seed(0)
+    found = []
+    for index in range(20):
+        original, augmented = plain[index][0], padded[index][0]
+        shifts = [(dy, dx) for dy in range(-limit, limit + 1) for dx in range(-limit, limit + 1)
+                  if torch.allclose(shifted(original, dy, dx), augmented)]
+        assert shifts, f"image {index} is not a shift of at most {limit} pixels"
+        found.append(shifts)
+    assert any((0, 0) not in shifts for shifts in found)

@@ -24,13 +24,13 @@ def test_default_job_runs_end_to_end(tmp_path, capsys):
                  "train.epochs=1", *QUICK])
     assert code == 0
     printed = capsys.readouterr().out
-    for node in ["net1", "net2", "net1-net2-net1", "net2-net1-net2", "ensemble"]:
+    for node in ["net1", "net2", "net1-net2-net1", "net2-net1-net2", "mean(networks)", "mean(paths)"]:
         assert f"| {node} " in printed
     assert {"config.yaml", "env.json", "metrics.jsonl", "summary.json", "checkpoints"} <= {p.name for p in out.iterdir()}
     env = json.loads((out / "env.json").read_text())
     assert env["seed"] == 0 and env["torch"] == torch.__version__
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["rows"]) == 9  # 2 networks + 6 cross paths + the ensemble
+    assert len(summary["rows"]) == 10  # 2 networks, 6 cross paths, 2 ensembles
     assert "train:\n" in (out / "config.yaml").read_text()  # the fully resolved config
 
 

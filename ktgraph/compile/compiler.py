@@ -20,6 +20,9 @@ from ..graph import ALL, KTGraph, Link, Ref, junction_key
 from .plan import INPUT, Aggregate, Call, Group, Plan, Step, Term
 
 PARAMETRIC_AGGREGATORS = frozenset({"attention"})
+MEAN_MODULE = "mean"  # the parameter-free mean every model provides, for implicit ensembles
+ENSEMBLE_NETWORKS = "mean(networks)"
+ENSEMBLE_PATHS = "mean(paths)"
 
 
 def regressor_key(link: str) -> str:
@@ -86,6 +89,15 @@ class _Lowering:
             for out in agg.outputs():
                 self._add(out, step, owner)
         return output
+
+    def ensembles(self) -> None:
+        """The two ensembles every evaluation reports: the networks' mean, and all paths' mean."""
+        groups = {ENSEMBLE_NETWORKS: list(self.graph.networks), ENSEMBLE_PATHS: list(self.graph.paths)}
+        for name, nodes in groups.items():
+            if len(nodes) > 1 and (name == ENSEMBLE_NETWORKS or len(nodes) > len(self.graph.networks)):
+                logits = tuple(self.outputs[n] for n in nodes)
+                self._add(name, Aggregate((name,), MEAN_MODULE, "mean", logits), None)
+                self.outputs[name] = name
 
     def deps(self, value: str) -> frozenset[str]:
         """The owners whose parameters ``value`` depends on."""
@@ -181,6 +193,7 @@ def compile_plan(graph: KTGraph, *, mode: str = "train", adapters: Collection[st
         for agg in graph.aggregators.values():
             for out in agg.outputs():
                 lowering.value(Ref("aggregate", out))
+        lowering.ensembles()
     else:
         raise ValueError(f"unknown plan mode {mode!r}")
     steps = lowering.steps()

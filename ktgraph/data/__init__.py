@@ -53,7 +53,9 @@ def build_data(spec: Any, seed: int) -> DataBundle:
     resize = size != raw.native_size
     mean, std = (raw.mean, raw.std) if spec.normalize else (None, None)
     flip = raw.default_flip if spec.flip is None else spec.flip
-    augmented = image_pipeline(size, resize=resize, crop_padding=spec.crop_padding, flip=flip, mean=mean, std=std)
+    # Unset, the pad-and-crop shift is 1/8 of the image side: CIFAR's 4 pixels at 32.
+    padding = size // 8 if spec.crop_padding is None else spec.crop_padding
+    augmented = image_pipeline(size, resize=resize, crop_padding=padding, flip=flip, mean=mean, std=std)
     plain = image_pipeline(size, resize=resize, mean=mean, std=std)
 
     pool = _limited(raw.train_labels, spec.limit_train)
@@ -81,7 +83,7 @@ def _check(spec: Any) -> None:
         raise GraphError(
             f"val_split {spec.val_split} is out of range", where=("data", "val_split"), expected="0 <= val_split < 1"
         )
-    if spec.crop_padding < 0:
+    if spec.crop_padding is not None and spec.crop_padding < 0:
         raise GraphError(
             f"crop_padding {spec.crop_padding} is negative", where=("data", "crop_padding"), expected="an integer >= 0"
         )

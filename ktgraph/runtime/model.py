@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..compile import Plan, compile_plan, regressor_key
+from ..compile.compiler import MEAN_MODULE
 from ..errors import GraphError
 from ..graph import KTGraph, junction_key
 from ..nn.adapters import make_adapter
@@ -39,6 +40,7 @@ class GraphModel(nn.Module):
         self.adapter_keys: set[str] = set()
         self.regressor_keys: set[str] = set()
         self.extra_frozen: set[str] = set()
+        self._mean = MeanLogits()
         self._build_networks(num_classes)
         with torch.no_grad():
             shapes = self._own_path_shapes()
@@ -170,6 +172,8 @@ class GraphModel(nn.Module):
         """The module a plan step or owner names: a segment, adapter, aggregator or regressor."""
         if key in self.segments:
             return self.segments[key]
+        if key == MEAN_MODULE:
+            return self._mean
         for table in (self.adapters, self.aggregators, self.regressors):
             if _key(key) in table:
                 return table[_key(key)]

@@ -5,6 +5,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ..compile.compiler import ENSEMBLE_NETWORKS, ENSEMBLE_PATHS
 from ..graph import KTGraph
 
 
@@ -13,12 +14,18 @@ def node_kind(graph: KTGraph, node: str) -> str:
         return "network"
     if node in graph.paths:
         return "cross path"
+    if node in (ENSEMBLE_NETWORKS, ENSEMBLE_PATHS):
+        return "ensemble"
     return "aggregate"
 
 
 def node_route(graph: KTGraph, node: str) -> str:
     if node in graph.paths:
         return " > ".join(graph.paths[node].segments)
+    if node == ENSEMBLE_NETWORKS:
+        return f"mean logits of {len(graph.networks)} networks"
+    if node == ENSEMBLE_PATHS:
+        return f"mean logits of all {len(graph.paths)} paths"
     agg = next((a for a in graph.aggregators.values() if node in a.outputs()), None)
     return f"{agg.kind}({', '.join(r.name for r in agg.inputs)})" if agg else ""
 
@@ -34,7 +41,7 @@ def accuracy_rows(graph: KTGraph, last: dict[str, Any], best: dict[str, Any]) ->
         if "top5" in entry["test"]:
             row["top5_last"] = entry["test"]["top5"]
         rows.append(row)
-    order = {"network": 0, "cross path": 1, "aggregate": 2}
+    order = {"network": 0, "cross path": 1, "aggregate": 2, "ensemble": 3}
     return sorted(rows, key=lambda r: (order[r["kind"]], r["node"]))
 
 

@@ -44,7 +44,7 @@ class DataSpec(Strict):
     name: Literal["digits", "cifar10", "cifar100", "image_folder"] = "digits"
     root: str | None = None
     image_size: int | None = Field(None, gt=0)
-    crop_padding: int = Field(4, ge=0)
+    crop_padding: int | None = Field(None, ge=0)
     flip: bool | None = None
     normalize: bool = True
     val_split: float = Field(0.0, ge=0.0, lt=1.0)

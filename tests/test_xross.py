@@ -1,0 +1,242 @@
+"""The Xross table (every path's accuracy and costs) and `ktgraph pick` (export a path under a budget)."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import ROOT
+from ktgraph.cli import main
+from ktgraph.errors import GraphError
+from ktgraph.runtime import Executor, GraphModel
+from ktgraph.runtime.export import pareto_front, path_module, pick_path
+from ktgraph.runtime.run import load_graph
+from ktgraph.runtime.xross import (CSV_COLUMNS, Row, eval_plan, format_tables, load_run, node_plan, path_macs,
+                                   path_params, read_csv, xross_table)
+
+QUICK = ["data.limit_train=96", "data.limit_test=40", "data.image_size=16", "train.epochs=1",
+         "train.batch_size=32", "train.eval_batch_size=16"]
+MULTI_PATHS = {"net1", "net2", "net1-net1-net2", "net1-net2-net1", "net1-net2-net2", "net2-net1-net1",
+               "net2-net1-net2", "net2-net2-net1"}
+
+
+def numel(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def untrained(graph_file: Path | str, *overrides: str) -> tuple:
+    graph = load_graph(graph_file, ["data.image_size=16", *overrides])
+    torch.manual_seed(0)
+    return graph, GraphModel(graph, 10, (3, 16, 16)).eval()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One tiny multi-Xross run (two networks, three parts), evaluated once with `ktgraph eval`."""
+    out = tmp_path_factory.mktemp("xross") / "run"
+    assert main(["run", str(ROOT / "graphs/multi_xross.yaml"), "--out", str(out), "--no-progress", *QUICK]) == 0
+    assert main(["eval", str(out), "--no-progress", "--repeats", "3"]) == 0
+    return out
+
+
+# --- costs, without training --------------------------------------------------------------------
+def test_params_of_a_cross_path_equal_a_count_by_hand():
+    graph, model = untrained(ROOT / "graphs/xml.yaml")
+    net1, net2 = model.networks["net1"], model.networks["net2"]
+    # net1-net2 = net1.up (stem + layer1 + layer2) > net2.down (layer3 + avgpool + fc); no adapter (32 channels both).
+    by_hand = numel(net1.conv1, net1.bn1, net1.layer1, net1.layer2, net2.layer3, net2.avgpool, net2.fc)
+    assert not model.adapter_keys
+    assert path_params(model, graph, "net1-net2") == by_hand
+    for name, net in model.networks.items():
+        assert path_params(model, graph, name) == numel(net)
+    both = numel(net1) + numel(net2)
+    assert path_params(model, graph, "mean(networks)") == both
+    assert path_params(model, graph, "mean(paths)") == both  # every parameter once, though used twice
+
+
+def test_params_count_the_adapters_at_junctions(tmp_path):
+    spec = tmp_path / "adapted.yaml"
+    spec.write_text("""
+data: {name: digits}
+networks:
+  net1: {model: resnet8, cuts: [layer2], parts: [up, down]}
+  net2: {model: wrn16_2, cuts: [layer2], parts: [up, down]}
+crosses:
+  - {kind: xml, networks: [net1, net2]}
+links:
+  - {kind: ce, each: {i: [net1, net2]}, target: "{i}"}
+""")
+    graph, model = untrained(spec)
+    net1, net2 = model.networks["net1"], model.networks["net2"]
+    assert model.adapter_keys == {"net1.up>net2.down", "net2.up>net1.down"}
+    adapter_32_to_64 = 32 * 64 + 64  # 1x1 conv with bias: resnet8 gives 32 channels, wrn16_2's layer3 takes 64
+    up1 = numel(net1.conv1, net1.bn1, net1.layer1, net1.layer2)
+    down2 = numel(net2.layer3, net2.bn, net2.fc)
+    assert path_params(model, graph, "net1-net2") == up1 + adapter_32_to_64 + down2
+    assert path_params(model, graph, "mean(paths)") == numel(net1) + numel(net2) + 32 * 64 + 64 + 64 * 32 + 32
+    module = path_module(model, graph, "net1-net2")
+    assert len(module) == 3 and numel(module) == up1 + adapter_32_to_64 + down2
+
+
+def test_macs_of_own_paths_equal_the_flop_counter_on_the_network():
+    graph, model = untrained(ROOT / "graphs/xml.yaml")
+    x = torch.zeros(1, 3, 16, 16)
+
+    def macs(fn) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn(x)
+        return counter.get_total_flops() // 2
+
+    whole = {name: macs(net) for name, net in model.networks.items()}
+    ups = {name: macs(model.segments[f"{name}.up"]) for name in model.networks}
+    for name in model.networks:
+        assert path_macs(model, graph, name, (3, 16, 16)) == whole[name] > 0
+    assert path_macs(model, graph, "mean(networks)") == whole["net1"] + whole["net2"]
+    # Each distinct segment call once: the cross paths reuse the networks' up-halves.
+    crosses = path_macs(model, graph, "net1-net2") + path_macs(model, graph, "net2-net1")
+    assert path_macs(model, graph, "mean(paths)") == whole["net1"] + whole["net2"] + crosses - ups["net1"] - ups["net2"]
+
+
+def test_a_node_plan_runs_only_what_the_node_needs():
+    graph, model = untrained(ROOT / "graphs/multi_xross.yaml")
+    plan = eval_plan(model, graph)
+    sub = node_plan(plan, "net1-net2-net2")
+    assert [s.module for s in sub.steps] == ["net1.p1", "net2.p2", "net2.p3"]
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        full = Executor(plan, model).outputs(Executor(plan, model).forward(x))["net1-net2-net2"]
+        alone = Executor(sub, model).outputs(Executor(sub, model).forward(x))["net1-net2-net2"]
+    torch.testing.assert_close(alone, full)
+
+
+# --- the table of a trained run ------------------------------------------------------------------
+def test_every_path_and_ensemble_has_a_row(run_dir):
+    rows = read_csv(run_dir / "xross.csv")
+    assert [r.node for r in rows][:2] == ["net1", "net2"]
+    assert {r.node for r in rows} == MULTI_PATHS | {"mean(networks)", "mean(paths)"}
+    kinds = {r.node: r.kind for r in rows}
+    assert kinds["net1"] == "network" and kinds["net2-net1-net2"] == "cross path" and kinds["mean(paths)"] == "ensemble"
+    parts = {r.node: r.parts for r in rows}
+    assert parts["net2-net1-net2"] == ("net2", "net1", "net2") and parts["mean(paths)"] == ()
+    assert all(r.params > 0 and r.macs > 0 and r.latency_ms > 0 and r.batch_size == 16 for r in rows)
+    assert all(r.top5_last is None for r in rows)  # digits has 10 classes
+
+
+def test_top1_of_an_own_path_equals_a_plain_evaluation(run_dir):
+    run = load_run(run_dir, device="cpu")
+    rows = {r.node: r for r in xross_table(run_dir, run=run, progress=False, repeats=1, warmup=0)}
+    network = run.model.networks["net2"].eval()
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in DataLoader(run.data.test, batch_size=7):
+            correct += (network(images).argmax(1) == labels).sum().item()
+            total += len(labels)
+    assert total == 40
+    assert rows["net2"].top1_last == pytest.approx(100 * correct / total)
+    # Same weights as the run's last epoch, so the same accuracies as its metrics; one epoch: best = last.
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["test"]
+    for node, row in rows.items():
+        assert row.top1_last == pytest.approx(last[node]["top1"])
+        assert (row.best_epoch, row.top1_best) == (1, pytest.approx(last[node]["top1"]))
+
+
+def test_tables_are_written_in_the_seed_layout(run_dir):
+    with (run_dir / "xross.csv").open() as handle:
+        assert tuple(next(csv.reader(handle))) == CSV_COLUMNS
+    md = (run_dir / "xross.md").read_text()
+    assert "| Part1 (p1)" in md and "Part3 (p3)" in md and "Ensembles and aggregates" in md
+    assert re.sub(r" +", " ", md).count("| net2 | net1 | net2 |") == 1  # one line per path
+    assert "latency ms (batch 16)" in md
+
+
+def test_two_part_runs_get_an_up_by_down_matrix():
+    def row(node: str, parts: tuple[str, ...], top1: float, params: int) -> Row:
+        return Row(node, "network" if len(set(parts)) == 1 else "cross path", " > ".join(parts), params, 1, 1.0, 8,
+                   top1, parts=parts, part_names=("up", "down"))
+
+    rows = [row("a", ("a", "a"), 70.0, 100), row("b", ("b", "b"), 60.0, 50), row("a-b", ("a", "b"), 65.5, 80),
+            row("b-a", ("b", "a"), 66.0, 70)]
+    text = re.sub(r" +", " ", format_tables(rows, markdown=True))
+    assert "## Xross table: up-half `up` (rows) x down-half `down` (columns)" in text
+    assert "| up \\ down | a | b |" in text
+    assert "| a | 70.00 (100) | 65.50 (80) |" in text
+    assert "| b | 66.00 (70) | 60.00 (50) |" in text
+
+
+# --- Pareto front and pick ------------------------------------------------------------------------
+def test_pareto_front_on_hand_made_rows():
+    def row(node: str, params: int, top1: float, kind: str = "cross path") -> Row:
+        return Row(node, kind, node, params, None, None, None, top1)
+
+    rows = [row("small", 10, 50.0), row("mid", 20, 60.0), row("worse", 25, 55.0), row("same-cost", 20, 58.0),
+            row("big", 40, 70.0), row("tie", 40, 70.0), row("useless", 50, 70.0), row("ens", 60, 75.0, "ensemble")]
+    assert [r.node for r in pareto_front(rows, "params")] == ["small", "mid", "big", "tie", "ens"]
+    assert pick_path(rows, "params", 39).node == "mid"
+    assert pick_path(rows, "params", 100).node == "big"  # the ensemble is not a path; ties go to the first row
+    with pytest.raises(GraphError, match=r"cheapest path is `small`"):
+        pick_path(rows, "params", 9)
+
+
+def test_pick_exports_a_module_that_runs_without_ktgraph(run_dir, tmp_path, capsys):
+    rows = read_csv(run_dir / "xross.csv")
+    budget = sorted(r.params for r in rows if r.kind != "ensemble")[4]
+    out = tmp_path / "picked.pt2"
+    assert main(["pick", str(run_dir), "--max-params", str(budget), "-o", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    within = [r for r in rows if r.kind in ("network", "cross path") and r.params <= budget]
+    best = max(r.top1_last for r in within)
+    chosen = next(r for r in within if r.top1_last == best)
+    assert f"picked `{chosen.node}`" in printed and "Pareto front" in printed and out.is_file()
+
+    run = load_run(run_dir, device="cpu")
+    plan = node_plan(eval_plan(run.model, run.graph), chosen.node)
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        executor = Executor(plan, run.model)
+        expected = executor.outputs(executor.forward(x))[chosen.node]
+    torch.save(x, tmp_path / "x.pt")
+    script = ("import sys, torch\n"
+              "module = torch.export.load(sys.argv[1]).module()\n"
+              "with torch.no_grad():\n"
+              "    y = module(torch.load(sys.argv[2]))\n"
+              "assert 'ktgraph' not in sys.modules, 'the exported module needed ktgraph'\n"
+              "torch.save(y, sys.argv[3])\n")
+    subprocess.run([sys.executable, "-I", "-c", script, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=0)
+
+
+def test_pick_and_eval_errors(run_dir, tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(run_dir / "config.yaml", empty / "config.yaml")
+    assert main(["eval", str(empty), "--no-progress"]) == 3
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["eval", str(run_dir), "--split", "val", "--no-progress"]) == 2
+    assert "no validation split" in capsys.readouterr().err
+    assert main(["pick", str(run_dir), "--max-macs", "lots"]) == 2
+    assert "not a positive amount" in capsys.readouterr().err
+
+    # Without xross.csv, pick evaluates the run first; a budget under every path names the cheapest one.
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "xross.csv").unlink()
+    assert main(["pick", str(copy), "--max-params", "1000", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no path fits #params <= 1.00k" in err and "the cheapest path is `net1`" in err
+    assert (copy / "xross.csv").is_file() and not list(copy.glob("picked-*"))
+
+    graph, model = untrained(ROOT / "graphs/xml.yaml")
+    with pytest.raises(GraphError, match="not a path"):
+        path_module(model, graph, "mean(paths)")
