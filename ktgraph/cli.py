@@ -46,13 +46,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     files, overrides = _split_targets(args.targets)
     if args.resume:
-        if files:
-            raise GraphError("give either a graph file or --resume RUN_DIR, not both", file="command line",
-                             suggestion="ktgraph run --resume RUN_DIR")
+        if files or overrides or args.out:
+            raise GraphError("--resume continues a run in place with its saved config: give no graph file, "
+                             "overrides or --out", file="command line", suggestion="ktgraph run --resume RUN_DIR")
         run_dir = Path(args.resume)
         if not (run_dir / CONFIG).is_file():
             raise GraphError(f"{run_dir} is not a run directory (no {CONFIG})", file=str(run_dir))
-        graph = load_graph(run_dir / CONFIG, overrides, allow_imports=args.allow_imports)
+        graph = load_graph(run_dir / CONFIG, allow_imports=args.allow_imports)
     else:
         if len(files) != 1:
             raise GraphError("ktgraph run takes one graph file", file="command line",
@@ -145,6 +145,37 @@ def cmd_pick(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from .runtime.run import load_graph
+    from .viz.render import FORMATS, graph_dot, model_details, plans_dot, render, stage_plans
+
+    files, overrides = _split_targets(args.targets)
+    if len(files) != 1:
+        raise GraphError("ktgraph render takes one graph file", file="command line",
+                         expected="ktgraph render FILE [key=value ...] [-o OUT] [--plan] [--format svg|dot]")
+    fmt = args.format
+    if fmt is None and args.out:
+        suffix = Path(args.out).suffix.lower().lstrip(".")
+        fmt = "dot" if suffix == "gv" else suffix
+        if fmt not in FORMATS:
+            raise GraphError(f"cannot tell the picture format from `{args.out}`", file="command line",
+                             expected="an output name ending in " + ", ".join(f".{f}" for f in FORMATS),
+                             suggestion="add --format svg or --format dot")
+    fmt = fmt or "svg"
+    out = Path(args.out) if args.out else Path(f"{Path(files[0]).stem}{'.plan' if args.plan else ''}.{fmt}")
+    graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
+    model = _build(graph)
+    if args.plan:
+        plans = stage_plans(graph, adapters=model.adapter_keys, regressors=model.regressor_keys,
+                            frozen=model.frozen_networks(), mode="eval" if args.eval else "train", title=files[0])
+        dot = plans_dot(plans, f"plans for {files[0]}")
+    else:
+        dot = graph_dot(graph, **model_details(model))
+    render(dot, out, fmt)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ktgraph", description="Knowledge-transfer graphs for online distillation.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -194,6 +225,18 @@ def parser() -> argparse.ArgumentParser:
     pick.add_argument("--allow-imports", action="store_true",
                       help="allow the run config's `imports:` to run Python modules")
     pick.set_defaults(func=cmd_pick)
+
+    render_ = sub.add_parser("render", help="draw a graph file (or its plan) as SVG or DOT")
+    render_.add_argument("targets", nargs="+", metavar="FILE | key=value")
+    render_.add_argument("-o", "--out", metavar="OUT",
+                         help="output file (default: NAME.svg, or NAME.plan.svg with --plan, in this directory)")
+    render_.add_argument("--plan", action="store_true", help="draw the compiled plan instead of the graph")
+    render_.add_argument("--eval", action="store_true", help="with --plan: the evaluation plan")
+    render_.add_argument("--format", choices=["svg", "dot", "png"],
+                         help="picture format (default: from the suffix of -o, else svg)")
+    render_.add_argument("--allow-imports", action="store_true",
+                         help="allow the graph's `imports:` to run Python modules")
+    render_.set_defaults(func=cmd_render)
 
     for command in (run, validate, plan):
         command.add_argument("--allow-imports", action="store_true",

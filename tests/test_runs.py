@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import ROOT
 from ktgraph.cli import main
+from ktgraph.runtime.run import load_graph
 from ktgraph.runtime.trainer import Trainer
 
 QUICK = ["data.limit_train=96", "data.limit_test=40", "data.image_size=16", "train.batch_size=32",
@@ -89,10 +91,24 @@ train: {epochs: 1}
 """)
     out = tmp_path / "run"
     assert main(["run", str(graph), "--out", str(out), "--no-progress", *QUICK]) == 0
-    from ktgraph.runtime.run import load_graph
-
     fresh = Trainer(load_graph(graph, QUICK), tmp_path / "fresh", progress_bar=False).model.state_dict()
     trained = torch.load(out / "checkpoints/last.pt", weights_only=True)["model"]
     teacher = [k for k in fresh if k.startswith("networks.teacher.")]
     assert teacher and all(torch.equal(fresh[k], trained[k]) for k in teacher)  # BN statistics included
     assert not all(torch.equal(fresh[k], trained[k]) for k in fresh if k.startswith("networks.student."))
+
+
+GRAPH_FILES = sorted((ROOT / "graphs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("graph", GRAPH_FILES, ids=[g.stem for g in GRAPH_FILES])
+def test_every_bundled_graph_trains(graph, tmp_path):
+    short = ["stages.0.epochs=1", "stages.1.epochs=1"] if "stages:" in graph.read_text() else ["train.epochs=1"]
+    assert main(["run", str(graph), "--out", str(tmp_path / "run"), "--no-progress", *short, *QUICK]) == 0
+    rows = json.loads((tmp_path / "run" / "summary.json").read_text())["rows"]
+    assert {r["node"] for r in rows} >= set(load_graph(graph).networks)
+
+
+def test_resume_refuses_overrides(tmp_path, capsys):
+    assert main(["run", "--resume", str(tmp_path), "train.epochs=3"]) == 2
+    assert "--resume continues a run" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from ..graph import ALL, KTGraph, Link, Ref, junction_key
 from .plan import INPUT, Aggregate, Call, Group, Plan, Step, Term
 
 PARAMETRIC_AGGREGATORS = frozenset({"attention"})
-MEAN_MODULE = "mean"  # the parameter-free mean every model provides, for implicit ensembles
+MEAN_MODULE = "<mean>"  # the parameter-free mean every model provides (no graph name can look like this)
 ENSEMBLE_NETWORKS = "mean(networks)"
 ENSEMBLE_PATHS = "mean(paths)"
 
@@ -61,9 +61,10 @@ class _Lowering:
         out = f"{module}({value})"
         if out not in self.flow:
             before = self.flow.nodes[value]["step"]
-            own = ">" not in module and (value == INPUT or (
+            # Adapters exist only on cross paths, so their own statistics always update.
+            own = ">" in module or value == INPUT or (
                 isinstance(before, Call) and before.own
-                and self.graph.network_of(before.module) == self.graph.network_of(module)))
+                and self.graph.owner_network(before.module) == self.graph.owner_network(module))
             self._add(out, Call(out, module, value, own), module)
         return out
 
@@ -133,9 +134,12 @@ class _Lowering:
         deps = self.deps(target) | (self.deps(source) if source and not link.detach else frozenset())
         if regressor:
             deps |= {regressor}
-        wanted = deps if link.trains is not None and ALL in link.trains else (link.trains or self.own(link.target))
+        if link.trains is None:
+            wanted = self.own(link.target)
+        else:
+            wanted = deps if ALL in link.trains else link.trains
         trains = frozenset(o for o in (wanted & deps) | ({regressor} if regressor else set())
-                           if self.graph.network_of(o) not in frozen)
+                           if self.graph.owner_network(o) not in frozen)
         return Term(link=link.name, kind=link.kind, node=link.target.name, source=source, target=target,
                     weight=link.weight, gate=link.gate, gate_length=link.gate_length, trains=trains, deps=deps,
                     T=link.T, detach=link.detach, loss=link.loss, regressor=regressor)
@@ -194,6 +198,10 @@ def compile_plan(graph: KTGraph, *, mode: str = "train", adapters: Collection[st
             for out in agg.outputs():
                 lowering.value(Ref("aggregate", out))
         lowering.ensembles()
+        # Evaluation reports predictions only: features read by aggregators are not outputs.
+        lowering.outputs = {node: value for node, value in lowering.outputs.items()
+                            if node in graph.paths or node in lowering.flow and
+                            isinstance(lowering.flow.nodes[node]["step"], Aggregate)}
     else:
         raise ValueError(f"unknown plan mode {mode!r}")
     steps = lowering.steps()

@@ -107,6 +107,11 @@ class KTGraph:
     def network_of(self, segment: str) -> str:
         return segment.split(".", 1)[0]
 
+    def owner_network(self, owner: str) -> str | None:
+        """The network a parameter owner belongs to; None for adapters, aggregators, regressors."""
+        network = self.network_of(owner)
+        return network if network in self.networks and owner in self.networks[network].segments else None
+
     def path_of_feature(self, segment: str) -> tuple[str, ...]:
         """The own-path prefix that ends in ``segment``."""
         net = self.networks[self.network_of(segment)]
@@ -262,6 +267,10 @@ class _Builder:
 
     def aggregators_(self) -> None:
         pending = dict(self.spec.aggregators)
+        for name in pending:
+            if name in self.paths or name in self.aliases:
+                raise GraphError(f"aggregator `{name}` has the name of a network or path",
+                                 where=("aggregators", name), suggestion="choose another name")
         # Aggregators may read other aggregators: resolve in dependency order.
         order = nx.DiGraph()
         for name, agg in pending.items():

@@ -13,8 +13,8 @@ from typing import Any
 
 from ..errors import GraphError
 from .plots import CURVES, HEATMAP, PARETO, write_plots
-from .runfiles import (CHECKPOINT, CONFIG, ENV, METRICS, SUMMARY, XROSS_CSV, XROSS_MD, XrossRow, human_count,
-                       read_config, read_json, read_metrics, read_xross)
+from .runfiles import (CHECKPOINT, CONFIG, ENV, METRICS, SUMMARY, XROSS_CSV, XROSS_MD, XrossRow, epoch_offset,
+                       human_count, read_config, read_json, read_metrics, read_xross)
 
 REPORT = "report.md"
 GRAPH_IMAGES = ("graph.svg", "graph.png")
@@ -100,8 +100,12 @@ def _header(run_dir: Path, env: dict[str, Any], summary: dict[str, Any] | None, 
 
 
 def _epochs(config: dict[str, Any], metrics: list[dict[str, Any]], summary: dict[str, Any] | None) -> str:
-    stages = config.get("stages") or []
-    planned = sum(int(s.get("epochs", 0)) for s in stages) if stages else (config.get("train") or {}).get("epochs")
+    stages = [s for s in config.get("stages") or [] if isinstance(s, dict)]
+    default = (config.get("train") or {}).get("epochs")
+    try:  # a stage without `epochs` runs train.epochs
+        planned = sum(int(s.get("epochs") or default) for s in stages) if stages else default
+    except (TypeError, ValueError):
+        planned = None
     done: dict[str, int] = {}
     for line in metrics:
         done[str(line.get("stage", "?"))] = done.get(str(line.get("stage", "?")), 0) + 1
@@ -135,7 +139,7 @@ def _accuracy(summary: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> 
             return "\n".join(lines + ["_No epoch finished yet._"])
         last = metrics[-1]
         lines += [f"_No {SUMMARY} yet: test accuracy at the last finished epoch "
-                  f"(stage {last.get('stage')}, epoch {int(last.get('epoch', 0)) + 1})._", "",
+                  f"(stage {last.get('stage')}, epoch {int(last.get('epoch', 0)) + epoch_offset(metrics)})._", "",
                   "| node | test top-1 (%) | test top-5 (%) |", "| --- | ---: | ---: |"]
         for node, acc in (last.get("test") or {}).items():
             lines.append(f"| `{_cell(node)}` | {_pct(acc.get('top1'))} | {_pct(acc.get('top5'))} |")
@@ -206,14 +210,15 @@ def _links(metrics: list[dict[str, Any]]) -> str:
         for name, value in (line.get("links") or {}).items():
             last[name] = (value, line)
     final = metrics[-1]
+    offset = epoch_offset(metrics)
     lines += [f"Mean loss of each link over its last epoch (weighted and gated as trained). "
-              f"The final epoch is stage `{final.get('stage')}`, epoch {int(final.get('epoch', 0)) + 1}; "
+              f"The final epoch is stage `{final.get('stage')}`, epoch {int(final.get('epoch', 0)) + offset}; "
               "a link not active in it shows the last epoch it was.", "",
               "| link | loss | stage | epoch |", "| --- | ---: | --- | ---: |"]
     for name in sorted(last):
         value, line = last[name]
         lines.append(f"| `{_cell(name)}` | {_num(value)} | {_cell(line.get('stage', '?'))} "
-                     f"| {int(line.get('epoch', 0)) + 1} |")
+                     f"| {int(line.get('epoch', 0)) + offset} |")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from matplotlib import colors as mcolors
 from matplotlib import patches as mpatches
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from .runfiles import XrossRow, human_count, pareto_front, read_metrics, read_xross
 
@@ -211,7 +212,7 @@ def plot_xross_heatmap(source: str | Path | Sequence[XrossRow], out: str | Path 
         accs = [r.top1_last for cut in cuts for r in cut.cells.values()]
         _heatmaps(top, cuts, nets, parts, min(accs), max(accs))
     if show_bars:
-        _bars(bottom, paths, nets)
+        _bars(bottom, paths)
     if not cuts:
         fig.suptitle("Xross: no up x down heatmap applies (no path switches network once at a common cut); "
                      "every path's test top-1 instead", fontsize=10)
@@ -263,22 +264,26 @@ def _heatmaps(fig, cuts: list[_Cut], nets: list[str], parts: int, vmin: float, v
                      "diagonal = the networks themselves")
 
 
-def _bars(fig, paths: list[XrossRow], nets: list[str]) -> None:
+def _bars(fig, paths: list[XrossRow]) -> None:
     ax = fig.subplots()
     ranked = sorted(paths, key=lambda r: (-r.top1_last, r.node))
     ys = list(range(len(ranked)))
+    accs = [r.top1_last for r in ranked]
+    # Paths often differ by tenths of a point: the axis starts near the lowest, not at 0.
+    low, high = min(accs), max(accs)
+    span = max(high - low, 0.5)
+    left = max(0.0, low - 0.5 * span)
     colors = ["tab:blue" if r.kind == "network" else "tab:orange" for r in ranked]
-    ax.barh(ys, [r.top1_last for r in ranked], color=colors)
+    ax.barh(ys, [a - left for a in accs], left=left, color=colors)
     ax.set_yticks(ys, [r.node for r in ranked], fontsize=8)
     ax.invert_yaxis()
-    top = max(r.top1_last for r in ranked)
     for y, row in zip(ys, ranked):
         label = f" {row.top1_last:.2f}%"
         if row.params is not None:
             label += f"  ({human_count(row.params)} params)"
         ax.text(row.top1_last, y, label, va="center", fontsize=8)
-    ax.set_xlim(0, top * 1.35 if top > 0 else 1)
-    ax.set_xlabel("test top-1 (%), last epoch")
+    ax.set_xlim(left, high + 0.9 * span)
+    ax.set_xlabel("test top-1 (%), last epoch" + (f" (axis starts at {left:.2f})" if left > 0 else ""))
     ax.grid(True, axis="x", alpha=0.3)
     handles = [mpatches.Patch(color="tab:blue", label="network"),
                mpatches.Patch(color="tab:orange", label="cross path")]
@@ -331,13 +336,20 @@ def _pareto_panel(ax, paths: list[XrossRow], others: list[XrossRow], field: str,
     if extra:
         ax.scatter([c for _, c in extra], [r.top1_last for r, _ in extra], facecolors="none",
                    edgecolors="tab:blue", marker="D", s=40, zorder=2, label="aggregate / ensemble")
-    for row, cost in points + extra:
-        ax.annotate(row.node, (cost, row.top1_last), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    # Neighbours along x get their labels above and below in turn, which keeps close points readable.
+    for n, (row, cost) in enumerate(sorted(points + extra, key=lambda p: p[1])):
+        ax.annotate(row.node, (cost, row.top1_last), xytext=(4, 4 if n % 2 == 0 else -10),
+                    textcoords="offset points", fontsize=7)
     ax.set_xscale("log")
+    costs = [c for _, c in points + extra]
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_count(v)))
+    # Within about a decade the major (power-of-ten) ticks alone may show no label at all.
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: human_count(v) if max(costs) / min(costs) < 20 else ""))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(f"{name} (log scale)")
     ax.set_ylabel("test top-1 (%), last epoch")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(f"top-1 vs {name}", fontsize=10)
 
 

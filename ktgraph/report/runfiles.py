@@ -47,6 +47,15 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(lines, key=lambda d: (d.get("stage_index", 0), d.get("epoch", 0)))
 
 
+def epoch_offset(lines: Sequence[dict[str, Any]]) -> int:
+    """What to add to a line's ``epoch`` for the 1-based epoch within its stage.
+
+    ktgraph now writes 1-based epochs; run directories from before wrote 0-based ones
+    (their first epoch of every stage is 0, which a 1-based file never has).
+    """
+    return 1 if any(line.get("epoch") == 0 for line in lines) else 0
+
+
 def read_json(run_dir: str | Path, name: str) -> dict[str, Any] | None:
     path = Path(run_dir) / name
     if not path.is_file():

@@ -80,13 +80,12 @@ class Executor:
         source = None if term.source is None else values[term.source]
         if source is not None and term.detach:
             source = source.detach()
-        mask = None
+        # The correct gate keeps samples the source predicts right; the label always is.
+        mask = correct_mask(source, labels) if term.gate == "correct" and source is not None else None
         if term.kind == "ce":
             per_sample = cross_entropy(target, labels)
         elif term.kind == "kl":
             per_sample = kl_divergence(source, target, term.T)
-            if term.gate == "correct":
-                mask = correct_mask(source, labels)
         else:
             if term.regressor is not None:
                 target = self.model.module(term.regressor)(target)

@@ -36,8 +36,9 @@ def accuracy_rows(graph: KTGraph, last: dict[str, Any], best: dict[str, Any]) ->
         top = best[node]
         select = "val" if "val" in top else "test"
         row = {"node": node, "kind": node_kind(graph, node), "route": node_route(graph, node),
-               "last_epoch": entry["epoch"], "top1_last": entry["test"]["top1"],
-               "best_epoch": top["epoch"], "top1_at_best": top["test"]["top1"], "best_chosen_on": select}
+               "last_stage": entry["stage"], "last_epoch": entry["epoch"], "top1_last": entry["test"]["top1"],
+               "best_stage": top["stage"], "best_epoch": top["epoch"], "top1_at_best": top["test"]["top1"],
+               "best_chosen_on": select}
         if "top5" in entry["test"]:
             row["top5_last"] = entry["test"]["top5"]
         rows.append(row)
@@ -47,9 +48,15 @@ def accuracy_rows(graph: KTGraph, last: dict[str, Any], best: dict[str, Any]) ->
 
 def accuracy_table(graph: KTGraph, last: dict[str, Any], best: dict[str, Any]) -> str:
     rows = accuracy_rows(graph, last, best)
-    headers = ["node", "kind", "route", "top-1 last (ep)", "top-1 at best (ep)"]
-    body = [[r["node"], r["kind"], r["route"], f"{r['top1_last']:.2f} ({r['last_epoch']})",
-             f"{r['top1_at_best']:.2f} ({r['best_epoch']}, by {r['best_chosen_on']})"] for r in rows]
+
+    def when(stage: str, epoch: int) -> str:
+        """Epochs count from 1 within their stage; the stage is named when there are several."""
+        return f"{stage} ep {epoch}" if len(graph.stages) > 1 else f"ep {epoch}"
+
+    headers = ["node", "kind", "route", "top-1 at last epoch", "top-1 at best epoch"]
+    body = [[r["node"], r["kind"], r["route"], f"{r['top1_last']:.2f} ({when(r['last_stage'], r['last_epoch'])})",
+             f"{r['top1_at_best']:.2f} ({when(r['best_stage'], r['best_epoch'])}, best on {r['best_chosen_on']})"]
+            for r in rows]
     if any("top5_last" in r for r in rows):
         headers.append("top-5 last")
         for line, r in zip(body, rows):

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from ..graph import KTGraph, build_graph
-from ..spec import LoadedGraph, load_spec
+from ..spec import load_spec
 from ..spec.imports import import_user_modules
 from .report import accuracy_rows, accuracy_table
 from .trainer import Trainer
@@ -27,8 +27,16 @@ def load_graph(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
     return build_graph(loaded)
 
 
-def resolved_config(loaded: LoadedGraph | Any) -> str:
-    spec = loaded.spec if isinstance(loaded, LoadedGraph) else loaded
+def resolved_config(graph: KTGraph) -> str:
+    """Every field with its value, so the run can be repeated or resumed from this file alone.
+
+    Relative ``imports:`` files are made absolute: the config lives in the run directory.
+    """
+    spec = graph.spec
+    if graph.source is not None and spec.imports:
+        base = Path(graph.source.file).resolve().parent
+        spec = spec.model_copy(update={"imports": [str((base / name).resolve()) if name.endswith(".py") else name
+                                                   for name in spec.imports]})
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 
 
@@ -59,7 +67,7 @@ def train(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, progress
     if resume:
         trainer.resume()
     else:
-        (run_dir / CONFIG).write_text(resolved_config(graph.spec))
+        (run_dir / CONFIG).write_text(resolved_config(graph))
         (run_dir / "env.json").write_text(json.dumps(environment(graph, argv or []), indent=2))
     state = trainer.fit()
     summary = {"graph": graph.spec.name, "run_dir": str(run_dir),

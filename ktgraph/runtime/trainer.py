@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 import math
 import time
 from collections import defaultdict
@@ -50,11 +51,11 @@ def update_passes(graph: KTGraph, plan: Plan) -> list[frozenset[str]]:
     """For alternating updates: one pass per network (DML's schedule), then one for the rest.
 
     Each pass recomputes the forward with the parameters the previous passes updated.
-    Adapters go with the network they leave; aggregator and regressor parameters,
-    which belong to no network, are updated in a last pass.
+    Adapter, aggregator and regressor parameters, which belong to no network, are
+    updated in a last pass.
     """
     owners = frozenset().union(*(g.trains for g in plan.groups))
-    passes = [frozenset(o for o in owners if graph.network_of(o) == name) for name in graph.networks]
+    passes = [frozenset(o for o in owners if graph.owner_network(o) == name) for name in graph.networks]
     passes = [p for p in passes if p]
     rest = owners.difference(*passes)
     return passes + ([rest] if rest else [])
@@ -90,7 +91,12 @@ class Trainer:
         shape = (self.data.in_channels, self.data.image_size, self.data.image_size)
         self.model = GraphModel(graph, self.data.num_classes, shape).to(self.device)
         self.eval_executor = Executor(self._plan("eval"), self.model)
-        self.stages = graph.stages or [StageSpec(name="main", epochs=self.train_spec.epochs)]
+        epochs = self.train_spec.epochs
+        self.stages = [s if s.epochs else s.model_copy(update={"epochs": epochs}) for s in graph.stages] \
+            or [StageSpec(name="main", epochs=epochs)]
+        if self.train_spec.amp != "off" and self.device.type != "cuda":
+            warnings.warn(f"train.amp={self.train_spec.amp} applies on CUDA only; training in float32 on "
+                          f"{self.device.type}", stacklevel=2)
         self.state = Progress()
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._resume_payload: dict[str, Any] | None = None
@@ -112,7 +118,7 @@ class Trainer:
         if self.metrics_path.exists():
             kept = [line for line in self.metrics_path.read_text().splitlines()
                     if line and (json.loads(line)["stage_index"], json.loads(line)["epoch"])
-                    < (self.state.stage, self.state.epoch)]
+                    <= (self.state.stage, self.state.epoch)]
             self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
     # --- training --------------------------------------------------------------------
@@ -135,7 +141,7 @@ class Trainer:
         self.model.set_extra_frozen(set(stage.freeze))
         plan = self._plan("train", stage)
         # A network no active link trains is a fixed teacher: no gradient, BatchNorm in eval mode.
-        trained = {self.graph.network_of(o) for group in plan.groups for o in group.trains}
+        trained = {self.graph.owner_network(o) for group in plan.groups for o in group.trains}
         self.model.set_extra_frozen(set(stage.freeze) | (set(self.graph.networks) - trained))
         executor = Executor(plan, self.model, self.train_spec.bn_stats)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -155,15 +161,16 @@ class Trainer:
             results = self._evaluate()
             self._record(stage, epoch, results)
             self.state.epoch = epoch + 1
+            line = {"stage": stage.name, "stage_index": self.state.stage, "epoch": epoch + 1,
+                    "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3),
+                    **train_stats, **results}
+            # Metrics first: a crash before the checkpoint replays this epoch, and resume drops its line.
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
             save_atomic({"model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "stage": self.state.stage, "epoch": self.state.epoch,
                          "best": self.state.best, "last": self.state.last}, self.run_dir / CHECKPOINT)
-            line = {"stage": stage.name, "stage_index": self.state.stage, "epoch": epoch,
-                    "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3),
-                    **train_stats, **results}
-            with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(line) + "\n")
 
     def _train_epoch(self, executor: Executor, optimizer, scheduler, scaler, stage: StageSpec, epoch: int,
                      steps: int) -> dict[str, Any]:

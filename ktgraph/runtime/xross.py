@@ -253,7 +253,8 @@ def _parts(graph: KTGraph, node: str) -> tuple[tuple[str, ...], tuple[str, ...]]
 def row_nodes(graph: KTGraph, plan: Plan) -> list[str]:
     """Networks, cross paths, aggregates, ensembles: every node a table shows, in that order."""
     aggregates = {out for agg in graph.aggregators.values() for out in agg.outputs()}
-    nodes = [n for n in plan.outputs if n in graph.paths or n in aggregates or n in (ENSEMBLE_NETWORKS, ENSEMBLE_PATHS)]
+    shown = set(graph.paths) | aggregates | {ENSEMBLE_NETWORKS, ENSEMBLE_PATHS}
+    nodes = [n for n in plan.outputs if n in shown]
     order = {kind: i for i, kind in enumerate(KINDS)}
     position = {n: i for i, n in enumerate(nodes)}
     return sorted(nodes, key=lambda n: (order[node_kind(graph, n)], position[n]))
@@ -331,21 +332,28 @@ def load_run(run_dir: str | Path, *, device: str | torch.device | None = None,
 
 def xross_table(run_dir: str | Path, *, split: str = "test", progress: bool = True,
                 batch_size: int | None = None, warmup: int = 2, repeats: int = 10,
-                max_seconds: float | None = 2.0, device: str | torch.device | None = None, allow_imports: bool = False,
-                run: LoadedRun | None = None) -> list[Row]:
+                max_seconds: float | None = 2.0, device: str | torch.device | None = None,
+                allow_imports: bool = False, run: LoadedRun | None = None) -> list[Row]:
     """Evaluate every path, aggregate and ensemble of a run's last checkpoint, with its costs.
 
     ``split`` is ``test`` or ``val``; ``batch_size`` (default ``train.eval_batch_size``)
     is used for evaluation and latency; ``run`` reuses an already loaded run.
     """
+    from .run import CONFIG, load_graph
+
     if split not in ("test", "val"):
         raise GraphError(f"unknown split `{split}`", expected="test or val", file="command line")
+    no_val = GraphError("the run has no validation split", where=("data", "val_split"), file=str(run_dir),
+                        suggestion="evaluate on --split test, or train with data.val_split > 0")
+    config = Path(run_dir) / CONFIG
+    if run is None and split == "val" and config.is_file() and \
+            load_graph(config, allow_imports=allow_imports).spec.data.val_split == 0:
+        raise no_val  # said before the slower loading of data and model
     run = run or load_run(run_dir, device=device, allow_imports=allow_imports)
     graph, model, data = run.graph, run.model, run.data
     dataset = data.test if split == "test" else data.val
     if dataset is None:
-        raise GraphError("the run has no validation split", where=("data", "val_split"), file=str(run_dir),
-                         suggestion="evaluate on --split test, or train with data.val_split > 0")
+        raise no_val
     batch_size = batch_size or graph.spec.train.eval_batch_size
     plan = eval_plan(model, graph)
     nodes = row_nodes(graph, plan)

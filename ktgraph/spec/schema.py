@@ -144,6 +144,12 @@ class GateSpec(Strict):
     def _from_name(cls, data: Any) -> Any:
         return {"kind": data} if isinstance(data, str) else data
 
+    @model_validator(mode="after")
+    def _length_for_ramp(self) -> GateSpec:
+        if self.kind != "ramp" and self.length != 80:
+            raise ValueError(f"`length` (epochs of the ramp) applies to the ramp gate only, not `{self.kind}`")
+        return self
+
 
 class LinkBase(Strict):
     name: str | None = None
@@ -192,6 +198,16 @@ class OptimizerSpec(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
 
+    @model_validator(mode="after")
+    def _fields_of_this_optimizer(self) -> OptimizerSpec:
+        if self.name == "adamw" and (self.nesterov or self.momentum != 0.9):
+            raise ValueError("`momentum` and `nesterov` apply to sgd; adamw uses `betas`")
+        if self.name == "sgd" and self.betas != (0.9, 0.999):
+            raise ValueError("`betas` apply to adamw; sgd uses `momentum`")
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs a momentum above 0")
+        return self
+
 
 class ScheduleSpec(Strict):
     name: Literal["constant", "multistep", "cosine"] = "cosine"
@@ -199,6 +215,14 @@ class ScheduleSpec(Strict):
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
     min_lr: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _fields_of_this_schedule(self) -> ScheduleSpec:
+        if self.name != "multistep" and (self.milestones or self.gamma != 0.1):
+            raise ValueError(f"`milestones` and `gamma` apply to the multistep schedule, not `{self.name}`")
+        if self.name != "cosine" and self.min_lr:
+            raise ValueError(f"`min_lr` applies to the cosine schedule, not `{self.name}`")
+        return self
 
 
 class TrainSpec(Strict):
@@ -223,7 +247,7 @@ class StageSpec(Strict):
     """A training stage: which links are active and which networks stay fixed."""
 
     name: Name
-    epochs: int = Field(gt=0)
+    epochs: int | None = Field(None, gt=0)  # default: train.epochs
     links: list[str] | None = None
     freeze: list[Name] = []
 

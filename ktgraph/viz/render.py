@@ -49,8 +49,17 @@ REGRESSOR_LABELS = {"auto": "1x1 conv+BN+ReLU", "conv1x1_relu": "1x1 conv+ReLU",
 INPUT_NODE = "x"  # a reserved name: no network, path or aggregator can take it
 
 
+def _esc(text: str) -> str:
+    """Free text (a description, a link's own name) with its backslashes kept literal in DOT."""
+    return text.replace("\\", "\\\\")
+
+
 def _num(x: float) -> str:
     return f"{x:g}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _lines(*parts: str) -> str:
@@ -66,7 +75,7 @@ def _wrap(items: Sequence[str], per_line: int = 3, sep: str = ", ") -> str:
 def _new_digraph(name: str, label: str) -> graphviz.Digraph:
     dot = graphviz.Digraph(name=name)
     dot.attr(rankdir="LR", newrank="true", nodesep="0.25", ranksep="0.45", fontname=FONT, fontsize="14",
-             labelloc="t", labeljust="l", label=label, compound="true")
+             labelloc="t", labeljust="l", label=_esc(label))
     dot.attr("node", fontname=FONT, fontsize="11")
     dot.attr("edge", fontname=FONT, fontsize="9", arrowsize="0.7")
     return dot
@@ -106,7 +115,11 @@ def _link_label(graph: KTGraph, link: Link) -> str:
     if link.kind != "ce" and not link.detach:
         notes.append("undetached")
     trains = f"trains {_trains_text(graph, link.trains)}" if link.trains is not None else ""
-    return _lines(" ".join(head), " · ".join([gate] + notes if gate else notes), trains)
+    active = [s.name for s in graph.stages if s.links is None or link.name in s.links]
+    when = ""
+    if graph.stages and len(active) < len(graph.stages):
+        when = f"stage {', '.join(active)}" if active else "in no stage"
+    return _lines(" ".join(head), ", ".join([gate] + notes if gate else notes), trains, when)
 
 
 def _stage_text(stages: Sequence[str] | None) -> str:
@@ -122,11 +135,11 @@ class _GraphDrawing:
     """
 
     def __init__(self, graph: KTGraph, adapters: Collection[str], regressors: Collection[str],
-                 stages: Mapping[str, Sequence[str]] | None) -> None:
+                 segment_stages: Mapping[str, Sequence[str]] | None) -> None:
         self.graph = graph
         self.adapters = set(adapters)
         self.regressors = set(regressors)
-        self.stages = stages or {}
+        self.stages = segment_stages or {}
         name = graph.spec.name or "ktgraph"
         title = name + (f": {graph.spec.description}" if graph.spec.description else "")
         self.dot = _new_digraph(name, title)
@@ -154,11 +167,14 @@ class _GraphDrawing:
         for net in self.graph.networks.values():
             spec = net.spec
             with self.dot.subgraph(name=f"cluster_{net.name}") as c:
-                c.attr(label=f"{net.name} · {spec.model}" + (" · frozen" if spec.frozen else ""),
+                frozen = [s.name for s in self.graph.stages if net.name in s.freeze]
+                c.attr(label=f"{net.name} ({spec.model})" + (", frozen" if spec.frozen else "")
+                       + (f", frozen in stage {', '.join(frozen)}" if frozen and not spec.frozen else ""),
                        style="rounded", color="#7f7f7f", fontsize="12")
                 for i, segment in enumerate(net.segments, 1):
                     part = segment.split(".", 1)[1]
-                    c.node(segment, _lines(part, _stage_text(self.stages.get(segment))), shape="box",
+                    stages = tuple(self.stages.get(segment, ()))
+                    c.node(segment, _lines(part, _stage_text(stages) if stages != (part,) else ""), shape="box",
                            style="rounded,filled", fillcolor=self.fill[net.name], tooltip=segment)
                     self.level[segment] = i
                 c.node(net.name, _lines(net.name, "logits"), shape="ellipse", style="filled",
@@ -211,7 +227,7 @@ class _GraphDrawing:
             inputs = [self.node_of(ref) for ref in agg.inputs]
             self.level[node] = max(self.level[n] for n in inputs) + 1
             if agg.kind == "attention":
-                self.dot.node(node, _lines(agg.name, f"attention · W_L, W_E (d/{agg.reduction})"),
+                self.dot.node(node, _lines(agg.name, f"attention: W_L, W_E (d/{agg.reduction})"),
                               shape="doubleoctagon", style="filled", fillcolor="#fbe8c8", tooltip=agg.name)
             else:
                 self.dot.node(node, _lines(agg.name, agg.kind), shape="hexagon", style="filled",
@@ -254,7 +270,7 @@ class _GraphDrawing:
                 labels += 1
                 tail = f"label#{labels}"
                 self.dot.node(tail, "label y", shape="note", style="filled", fillcolor="#eeeeee",
-                              color="#8c8c8c", fontsize="9", height="0.3", tooltip=f"label of {link.name}")
+                              color="#8c8c8c", fontsize="9", height="0.3", tooltip=_esc(f"label of {link.name}"))
                 self.level[tail] = self.level[head] - 1
             else:
                 tail = self.node_of(link.source)
@@ -264,11 +280,16 @@ class _GraphDrawing:
                 node = f"regressor#{regressors}"
                 self.dot.node(node, _lines("regressor", REGRESSOR_LABELS.get(link.adapter, link.adapter)),
                               shape="box", style="filled", fillcolor="#e3f4e1", color=style["color"],
-                              fontsize="8", height="0.25", margin="0.04,0.02", tooltip=key)
-                self._link_edge(tail, node, label, id=f"link:{link.name}", tooltip=link.name, **style)
-                self.dot.edge(node, head, tooltip=link.name, constraint="false", **style)
+                              fontsize="8", height="0.25", margin="0.04,0.02", tooltip=_esc(key))
+                self.level[node] = self.level[head]
+                with self.dot.subgraph() as same:  # the regressor sits in the column of the feature it maps
+                    same.attr(rank="same")
+                    same.node(head)
+                    same.node(node)
+                self._link_edge(tail, node, label, id=_esc(f"link:{link.name}"), tooltip=_esc(link.name), **style)
+                self.dot.edge(node, head, tooltip=_esc(link.name), constraint="false", **style)
             else:
-                self._link_edge(tail, head, label, id=f"link:{link.name}", tooltip=link.name, **style)
+                self._link_edge(tail, head, label, id=_esc(f"link:{link.name}"), tooltip=_esc(link.name), **style)
 
     def legend(self) -> None:
         """One example of every node and edge style, in three columns."""
@@ -276,7 +297,7 @@ class _GraphDrawing:
             c.attr(label="legend", style="rounded,dashed", color="#aaaaaa", fontsize="11")
             c.attr("node", fontsize="9", height="0.3")
             nodes = [
-                ("segment", _lines("segment", "part · stages"), {"shape": "box", "style": "rounded,filled",
+                ("segment", _lines("segment: part", "its model stages"), {"shape": "box", "style": "rounded,filled",
                                                                   "fillcolor": NETWORK_FILLS[0]}),
                 ("logits", "path logits", {"shape": "ellipse", "style": "filled", "fillcolor": NETWORK_FILLS[0]}),
                 ("cross", "cross-path logits", {"shape": "ellipse", "color": CROSS_COLORS[0],
@@ -322,21 +343,23 @@ class _GraphDrawing:
 
 
 def graph_dot(graph: KTGraph, adapters: Collection[str] = (), regressors: Collection[str] = (), *,
-              stages: Mapping[str, Sequence[str]] | None = None, legend: bool = True) -> graphviz.Digraph:
+              segment_stages: Mapping[str, Sequence[str]] | None = None,
+              legend: bool = True) -> graphviz.Digraph:
     """The graph as declared: networks, cross paths, logits, aggregators and links.
 
     ``adapters`` (junction keys ``a.up>b.down``) and ``regressors`` (``regressor:LINK``)
     are the modules that exist once shapes are known (``GraphModel.adapter_keys`` and
-    ``regressor_keys``); ``stages`` maps a segment to its model stages
-    (``GraphModel.segments[s].stages``) to label the boxes with them.
+    ``regressor_keys``); ``segment_stages`` maps a segment to the model stages it runs
+    (``GraphModel.segments[s].stages``, e.g. ``("stem", "layer1")``) to label its box.
+    :func:`model_details` gives all three from a built model.
     """
-    return _GraphDrawing(graph, adapters, regressors, stages).draw(legend)
+    return _GraphDrawing(graph, adapters, regressors, segment_stages).draw(legend)
 
 
 def model_details(model) -> dict:
     """``graph_dot`` keyword arguments from a built ``GraphModel``."""
     return {"adapters": sorted(model.adapter_keys), "regressors": sorted(model.regressor_keys),
-            "stages": {name: tuple(getattr(seg, "stages", ())) for name, seg in model.segments.items()}}
+            "segment_stages": {name: tuple(getattr(seg, "stages", ())) for name, seg in model.segments.items()}}
 
 
 # --- the plan -------------------------------------------------------------------------
@@ -356,7 +379,7 @@ class _PlanDrawing:
     def name(self, value: str) -> str:
         return self.names.get(value, value)
 
-    def draw(self) -> None:
+    def draw(self, styles: bool = True) -> None:
         g, plan, p = self.g, self.plan, self.prefix
         use = plan.consumers()
         readers: dict[str, list[str]] = {}
@@ -383,7 +406,7 @@ class _PlanDrawing:
                        fontsize="11")
                 for i, term in terms:
                     self.term(c, i, term, "#ffffff")
-        self.legend()
+        self.legend(styles)
 
     def call(self, step: Call, readers: int, nodes: list[str]) -> None:
         node = self.prefix + self.name(step.out)
@@ -423,7 +446,8 @@ class _PlanDrawing:
         if len(step.outs) > 1:
             for out in step.outs:
                 self.ids[out] = f"{p}agg#{out}"
-                self.g.node(self.ids[out], _lines(out, ("= " + ", ".join(readers[out])) if out in readers else ""),
+                named = [n for n in readers.get(out, []) if n != out]
+                self.g.node(self.ids[out], _lines(out, ("= " + ", ".join(named)) if named else ""),
                             shape="ellipse", style="filled", fillcolor="#fbe8c8", fontsize="9",
                             penwidth="2.2" if use[out] > 1 else "1")
                 self.g.edge(node, self.ids[out], color="#444444")
@@ -432,42 +456,34 @@ class _PlanDrawing:
         node = f"{self.prefix}term#{i}"
         color = TERM_STYLE[term.kind]
         trains = ", ".join(sorted(term.trains)) or "nothing (frozen or detached)"
-        g.node(node, _lines(f"L[{term.node}] += {term.link}", term_formula(term, self.names)), shape="note",
-               style="filled", fillcolor=fill, color=color, fontsize="9", tooltip=f"trains {trains}")
+        label = _lines(_esc(f"L[{term.node}] += {term.link}"), _esc(term_formula(term, self.names)),
+                       "" if term.trains else "trains nothing (frozen or detached)")
+        g.node(node, label, shape="note", style="filled", fillcolor=fill, color=color, fontsize="9",
+               tooltip=f"trains {trains}")
         # Edges go in the enclosing graph: an edge inside a cluster would pull its tail into it.
         self.g.edge(self.ids[term.target], node, color=color)
         if term.source is not None:
             self.g.edge(self.ids[term.source], node, color=color, style="dashed", weight="0")
 
-    def legend(self) -> None:
+    def legend(self, styles: bool = True) -> None:
+        """Examples of the node styles (unless ``styles`` is false), and what each gradient group trains."""
         p = self.prefix
         with self.g.subgraph(name=f"cluster_{p}legend") as c:
-            c.attr(label="legend", style="rounded,dashed", color="#aaaaaa", fillcolor="#ffffff", fontsize="11")
+            c.attr(label="legend" if styles else "gradient groups", style="rounded,dashed", color="#aaaaaa",
+                   fillcolor="#ffffff", fontsize="11")
             c.attr("node", fontsize="9", height="0.3")
             column = []
-            examples = [
-                ("call", "own-path segment call", {"shape": "box", "style": "rounded,filled",
-                                                   "fillcolor": "#f4f4f4"}),
-                ("cross", "cross-path segment call", {"shape": "box", "style": "rounded,filled,dashed",
-                                                      "fillcolor": "#f4f4f4", "color": CROSS_COLORS[0],
-                                                      "penwidth": "1.6"}),
-                ("adapter", "adapter call", {"shape": "box", "style": "rounded,filled", "fillcolor": "#fff7cc",
-                                             "color": "#b8860b"}),
-                ("shared", "shared value (2+ readers)", {"shape": "box", "style": "rounded,filled",
-                                                        "fillcolor": "#ffe680", "penwidth": "2.2"}),
-                ("aggregate", "aggregate", {"shape": "hexagon", "style": "filled", "fillcolor": "#fbe8c8"}),
-                ("term", "loss term (ce grey, kl blue, mimic green);\\ndashed edge: its source",
-                 {"shape": "note", "style": "filled", "fillcolor": "#ffffff"}),
-            ]
-            for key, label, attrs in examples:
+            for key, label, attrs in PLAN_EXAMPLES if styles else ():
                 c.node(f"{p}legend#{key}", label, **attrs)
                 column.append(f"{p}legend#{key}")
             for i, group in enumerate(self.plan.groups):
                 trains = _wrap(sorted(group.trains), 3)
                 c.node(f"{p}legend#g{i + 1}", _lines(f"g{i + 1}: one backward, trains", trains,
-                                                     f"({len(group.terms)} terms)"),
+                                                     f"({_count(len(group.terms), 'term')})"),
                        shape="box", style="rounded,filled", fillcolor=GROUP_FILLS[i % len(GROUP_FILLS)])
                 column.append(f"{p}legend#g{i + 1}")
+            if not column:
+                c.node(f"{p}legend#none", "none (no loss terms)", shape="plaintext")
             with c.subgraph() as same:
                 same.attr(rank="same")
                 for node in column:
@@ -476,10 +492,24 @@ class _PlanDrawing:
                 c.edge(b, a, style="invis")  # a flat edge b -> a puts a above b
 
 
+PLAN_EXAMPLES = [
+    ("call", "own-path segment call", {"shape": "box", "style": "rounded,filled", "fillcolor": "#f4f4f4"}),
+    ("cross", "cross-path segment call", {"shape": "box", "style": "rounded,filled,dashed", "fillcolor": "#f4f4f4",
+                                          "color": CROSS_COLORS[0], "penwidth": "1.6"}),
+    ("adapter", "adapter call", {"shape": "box", "style": "rounded,filled", "fillcolor": "#fff7cc",
+                                 "color": "#b8860b"}),
+    ("shared", "shared value (2+ readers)", {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffe680",
+                                            "penwidth": "2.2"}),
+    ("aggregate", "aggregate", {"shape": "hexagon", "style": "filled", "fillcolor": "#fbe8c8"}),
+    ("term", "loss term (ce grey, kl blue, mimic green);\\ndashed edge: its source",
+     {"shape": "note", "style": "filled", "fillcolor": "#ffffff"}),
+]
+
+
 def _plan_title(plan: Plan, title: str) -> str:
     head = f"plan{(' for ' + title) if title else ''} ({plan.mode})"
-    return (f"{head}: {len(plan.steps)} steps, {len(plan.terms)} loss terms, "
-            f"{len(plan.groups)} gradient group(s)")
+    return f"{head}: {_count(len(plan.steps), 'step')}, {_count(len(plan.terms), 'loss term')}, " + \
+        _count(len(plan.groups), "gradient group")
 
 
 def plan_dot(plan: Plan, title: str = "") -> graphviz.Digraph:
@@ -501,11 +531,41 @@ def plans_dot(plans: Sequence[tuple[str, Plan]], title: str = "") -> graphviz.Di
         name, plan = plans[0]
         return plan_dot(plan, name or title)
     dot = _new_digraph("plans", title)
-    for index, (name, plan) in enumerate(plans, 1):
+    with dot.subgraph(name="cluster_legend") as c:
+        c.attr(label="legend", style="rounded,dashed", color="#aaaaaa", fontsize="11")
+        c.attr("node", fontsize="9", height="0.3")
+        for key, label, attrs in PLAN_EXAMPLES:
+            c.node(f"legend#{key}", label, **attrs)
+        with c.subgraph() as same:
+            same.attr(rank="same")
+            for key, _, _ in PLAN_EXAMPLES:
+                same.node(f"legend#{key}")
+        for (a, _, _), (b, _, _) in zip(PLAN_EXAMPLES, PLAN_EXAMPLES[1:]):
+            c.edge(f"legend#{b}", f"legend#{a}", style="invis")
+    # Declared last first: dot stacks clusters of a left-to-right graph bottom up.
+    for index, (name, plan) in reversed(list(enumerate(plans, 1))):
         with dot.subgraph(name=f"cluster_stage{index}") as c:
             c.attr(label=_plan_title(plan, name), style="rounded", color="#555555")
-            _PlanDrawing(c, plan, f"s{index}/").draw()
+            _PlanDrawing(c, plan, f"s{index}/").draw(styles=False)
     return dot
+
+
+def stage_plans(graph: KTGraph, *, adapters: Collection[str] = (), regressors: Collection[str] = (),
+                frozen: Collection[str] = (), mode: str = "train", title: str = "") -> list[tuple[str, Plan]]:
+    """The plans ``ktgraph plan`` prints: one per training stage (one in all for ``mode="eval"``).
+
+    ``frozen`` is what is fixed in every stage (``GraphModel.frozen_networks()``); each
+    stage adds its own ``freeze`` and keeps only its ``links``.
+    """
+    from ..compile import compile_plan
+
+    frozen = set(frozen) | {name for name, net in graph.networks.items() if net.spec.frozen}
+    plans = []
+    for stage in (graph.stages or [None]) if mode == "train" else [None]:
+        plan = compile_plan(graph, mode=mode, adapters=adapters, regressors=regressors,
+                            frozen=frozen | set(stage.freeze if stage else ()), active=stage.links if stage else None)
+        plans.append((title + (f", stage {stage.name}" if stage else ""), plan))
+    return plans
 
 
 # --- rendering ------------------------------------------------------------------------

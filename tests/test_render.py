@@ -1,0 +1,167 @@
+"""Pictures of graphs and plans: every bundled graph renders, the DOT is stable, the CLI writes files."""
+from __future__ import annotations
+
+import importlib
+import shutil
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from ktgraph.cli import main
+from ktgraph.compile.plan import Aggregate
+from ktgraph.errors import GraphError
+from ktgraph.graph import build_graph
+from ktgraph.runtime.run import load_graph
+from ktgraph.spec import parse_yaml, validate
+from ktgraph.spec.loader import LoadedGraph
+
+viz = importlib.import_module("ktgraph.viz.render")  # the module; `ktgraph.viz.render` is also the function
+
+GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))
+EXPECTED = Path(__file__).parent / "expected"
+
+# Two resnet8 cut at layer2, one xml cross, and a ce, a kl and a mimic link. The DOT is
+# drawn with an adapter on one junction and a regressor on the mimic, as a model with
+# different widths would have them, and with the stages resnet8's segments run.
+SMALL = """
+name: small
+description: Two resnet8 cut at layer2, crossed, with ce, kl and mimic links.
+networks:
+  a: {model: resnet8, cuts: [layer2], parts: [up, down]}
+  b: {model: resnet8, cuts: [layer2], parts: [up, down]}
+crosses:
+  - {kind: xml, networks: [a, b], cut: up}
+links:
+  - {kind: ce, target: a}
+  - {kind: kl, source: a, target: b-a, T: 2, weight: 0.5, gate: {kind: ramp, length: 10}}
+  - {kind: mimic, source: a.up, target: b.up, trains: [b.up], gate: linear}
+"""
+TINY_STAGED = """
+name: tiny
+data: {name: digits}
+networks:
+  a: {model: tiny_test}
+  b: {model: tiny_test}
+links:
+  - {kind: ce, target: a}
+  - {kind: kl, source: a, target: b, T: 2}
+stages:
+  - {name: first, epochs: 1, links: ["ce:a"]}
+  - {name: second, epochs: 1, links: ["kl:a->b"], freeze: [a]}
+"""
+SMALL_DETAILS = {
+    "adapters": ["a.up>b.down"],
+    "regressors": ["regressor:mimic:a.up->b.up"],
+    "segment_stages": {"a.up": ("stem", "layer1", "layer2"), "a.down": ("layer3", "head"),
+                       "b.up": ("stem", "layer1", "layer2"), "b.down": ("layer3", "head")},
+}
+
+
+def small_graph():
+    raw, source = parse_yaml(textwrap.dedent(SMALL), "small.yaml")
+    return build_graph(LoadedGraph(validate(raw, source), source, raw))
+
+
+def svg_content(path: Path) -> tuple[set[str], str]:
+    """The <title>s of an SVG (node ids, ``a->b`` for edges) and all its text and attribute values."""
+    root = ET.parse(path).getroot()  # raises when the SVG is not well-formed XML
+    assert root.tag.endswith("svg")
+    titles = {el.text or "" for el in root.iter() if el.tag.endswith("}title") or el.tag == "title"}
+    words = [el.text or "" for el in root.iter()] + [v for el in root.iter() for v in el.attrib.values()]
+    return titles, "\n".join(words)
+
+
+@pytest.mark.parametrize("path", GRAPHS, ids=[p.stem for p in GRAPHS])
+def test_every_graph_renders_to_svg(path: Path, tmp_path: Path):
+    graph = load_graph(path)
+    out = viz.render(viz.graph_dot(graph), tmp_path / "graph.svg", "svg")
+    titles, text = svg_content(out)
+    for name, net in graph.networks.items():
+        assert f"cluster_{name}" in titles and f"{name} ({net.spec.model})" in text
+    for segment in graph.segments:
+        assert segment in titles
+    for name in graph.paths:
+        assert name in titles
+    for link in graph.links:
+        assert f"link:{link.name}" in text
+
+    plans = viz.stage_plans(graph, title=path.name)
+    out = viz.render(viz.plans_dot(plans), tmp_path / "plan.svg", "svg")
+    titles, text = svg_content(out)
+    prefixes = [""] if len(plans) == 1 else [f"s{i}/" for i in range(1, len(plans) + 1)]
+    for prefix, (_, plan) in zip(prefixes, plans):
+        for step in plan.steps:
+            if isinstance(step, Aggregate):
+                assert all(f"{prefix}agg#{out}" in titles for out in step.outs)
+            else:
+                assert prefix + plan.names[step.out] in titles and step.module in text
+        for term in plan.terms:
+            assert f"L[{term.node}] += {term.link}" in text
+        for i, group in enumerate(plan.groups, 1):
+            assert f"{prefix}legend#g{i}" in titles
+
+
+def test_small_graph_dot_is_stable():
+    dot = viz.graph_dot(small_graph(), **SMALL_DETAILS)
+    expected = (EXPECTED / "small.dot").read_text(encoding="utf-8")
+    assert dot.source == expected, "regenerate tests/expected/small.dot if the change is intended"
+    # Same input, same text: ids and statement order do not depend on set iteration.
+    again = viz.graph_dot(small_graph(), adapters=set(SMALL_DETAILS["adapters"]),
+                          regressors=set(SMALL_DETAILS["regressors"]),
+                          segment_stages=SMALL_DETAILS["segment_stages"])
+    assert again.source == expected
+
+
+def test_small_graph_draws_adapter_regressor_and_links():
+    source = viz.graph_dot(small_graph(), **SMALL_DETAILS).source
+    assert '"adapter#a.up>b.down" [label="1x1 conv+ReLU"' in source
+    assert '"a.up" -> "adapter#a.up>b.down"' in source and '"adapter#a.up>b.down" -> "b.down"' in source
+    assert '"regressor#1"' in source and '"regressor#1" -> "b.up"' in source
+    assert 'label="kl T=2 w=0.5\\nramp(E=10)"' in source
+    assert 'xlabel="mimic w=1\\nlinear(k/k_end)\\ntrains b.up"' in source
+    assert '"label#1" -> a [label="ce w=1"' in source
+    assert "subgraph cluster_legend" in source
+    plain = viz.graph_dot(small_graph(), legend=False).source
+    assert "adapter#" not in plain and "regressor#" not in plain and "cluster_legend" not in plain
+
+
+def test_cli_renders_graph_and_plan(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    graph_file = str(ROOT / "graphs" / "xml.yaml")
+    assert main(["render", graph_file]) == 0
+    titles, text = svg_content(tmp_path / "xml.svg")
+    assert {"net1.up", "net2.down", "net1-net2", "net2-net1"} <= titles
+    assert "stem, layer1, layer2" in text  # the segments' stages, known once the model is built
+
+    # The plan of a small two-stage graph (tiny networks build fast), as DOT by the suffix of -o.
+    (tmp_path / "tiny.yaml").write_text(TINY_STAGED)
+    assert main(["render", "tiny.yaml", "--plan", "-o", "tiny.gv", "train.seed=1"]) == 0
+    source = (tmp_path / "tiny.gv").read_text()
+    assert source.startswith("digraph plans {")
+    assert "cluster_stage1" in source and "cluster_stage2" in source and "s2/legend#g1" in source
+    assert "L[b] += kl:a->b" in source and "wrote tiny.gv" in capsys.readouterr().err
+    assert main(["render", "tiny.yaml", "--plan", "--format", "svg"]) == 0
+    titles, text = svg_content(tmp_path / "tiny.plan.svg")
+    assert {"s1/v1", "s2/v1", "s2/v2"} <= titles and "L[a] += ce:a" in text
+
+    assert main(["render", graph_file, "-o", "xml.pdf"]) == 2  # unknown suffix: a located error, no traceback
+    assert "cannot tell the picture format" in capsys.readouterr().err
+
+
+def test_missing_renderer_is_a_graph_error(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+    monkeypatch.setattr(viz, "_graphviz_pure_binary", lambda: None)
+    with pytest.raises(GraphError, match="no Graphviz renderer"):
+        viz.render(viz.graph_dot(small_graph()), tmp_path / "small.svg", "svg")
+    assert not (tmp_path / "small.svg").exists()
+    # DOT needs no renderer.
+    viz.render(viz.graph_dot(small_graph()), tmp_path / "small.dot", "dot")
+    assert (tmp_path / "small.dot").read_text().startswith("digraph small {")
+
+
+def test_graphviz_pure_binary_is_found():
+    found = viz._graphviz_pure_binary()
+    assert found is not None and Path(found).name.startswith("graphviz-pure")
