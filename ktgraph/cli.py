@@ -208,7 +208,8 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["test", "val"], default="test", help="the split to evaluate on")
     evaluate.add_argument("--batch-size", type=int, help="batch size for evaluation and latency "
                                                          "(default: the run's train.eval_batch_size)")
-    evaluate.add_argument("--repeats", type=int, default=10, help="timed batches per row for latency (median)")
+    evaluate.add_argument("--repeats", type=int, default=10,
+                          help="timed batches per row for latency (median); 0 skips latency")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.add_argument("--allow-imports", action="store_true",
                           help="allow the run config's `imports:` to run Python modules")

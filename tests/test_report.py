@@ -43,8 +43,8 @@ def multi_name(parts: str) -> str:
 
 
 XROSS_3 = HEADER + "".join(
-    f"{multi_name(p)},{'network' if len(set(p.split())) == 1 else 'cross path'},{p},,{int(m * 1e6)},,,,{acc},,{acc},9\n"
-    for p, acc, m in MULTI)
+    f"{multi_name(p)},{'network' if len(set(p.split())) == 1 else 'cross path'},{p},,{int(m * 1e6)},,,,"
+    f"{acc},,{acc},9\n" for p, acc, m in MULTI)
 
 
 def metrics_lines(base: int = 1) -> list[dict]:

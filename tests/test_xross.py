@@ -174,12 +174,16 @@ def test_tables_are_written_in_the_seed_layout(run_dir):
 
 
 def test_best_epoch_is_chosen_on_val_when_the_run_has_one(tmp_path):
-    lines = [{"test": {"a": {"top1": 50.0}}, "val": {"a": {"top1": 40.0}}},
-             {"test": {"a": {"top1": 45.0}}, "val": {"a": {"top1": 60.0}}},
-             {"test": {"a": {"top1": 70.0}}, "val": {"a": {"top1": 60.0}}}]  # a tie on val keeps epoch 2
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert best_epochs(tmp_path) == {"a": (2, 45.0)}
-    assert best_epochs(tmp_path, "val") == {"a": (2, 60.0)}
+    lines = [{"stage_index": 0, "epoch": 1, "test": {"a": {"top1": 50.0}}, "val": {"a": {"top1": 40.0}}},
+             {"stage_index": 0, "epoch": 2, "test": {"a": {"top1": 45.0}}, "val": {"a": {"top1": 60.0}}},
+             {"stage_index": 0, "epoch": 3, "test": {"a": {"top1": 70.0}}, "val": {"a": {"top1": 60.0}}},
+             {"stage_index": 0, "epoch": 4, "test": {"a": {"top1": 90.0}}, "val": {"a": {"top1": 99.0}}}]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    (tmp_path / "metrics.jsonl").write_text(text + '{"stage_index": 0, "ep')  # with a torn last line
+    assert best_epochs(tmp_path) == {"a": (4, 90.0)}
+    # Only what the checkpoint (3 epochs done) has seen; a tie on val keeps the earlier epoch 2.
+    assert best_epochs(tmp_path, upto=(0, 3)) == {"a": (2, 45.0)}
+    assert best_epochs(tmp_path, "val", upto=(0, 3)) == {"a": (2, 60.0)}
     assert best_epochs(tmp_path / "nowhere") == {}
 
 

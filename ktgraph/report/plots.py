@@ -342,15 +342,30 @@ def _pareto_panel(ax, paths: list[XrossRow], others: list[XrossRow], field: str,
                     textcoords="offset points", fontsize=7)
     ax.set_xscale("log")
     costs = [c for _, c in points + extra]
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_count(v)))
-    # Within about a decade the major (power-of-ten) ticks alone may show no label at all.
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: human_count(v) if max(costs) / min(costs) < 20 else ""))
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ratio = max(costs) / min(costs)
+    # Within about a decade the power-of-ten ticks alone may show no label at all: label the
+    # minor ticks too, all of them over a short range, else only 2x and 5x.
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
+    ax.xaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: _tick(v) if ratio < 20 and (ratio < 3 or _mantissa(v) in (2, 5)) else ""))
+    ax.tick_params(axis="x", which="both", labelsize=7)
     ax.set_xlabel(f"{name} (log scale)")
     ax.set_ylabel("test top-1 (%), last epoch")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"top-1 vs {name}", fontsize=10)
+
+
+def _mantissa(value: float) -> int:
+    return round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+
+
+def _tick(value: float) -> str:
+    """Short axis labels: 3e6 -> '3M', 1.5e5 -> '150k'."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{round(value / scale, 3):g}{suffix}"
+    return f"{round(value, 3):g}"
 
 
 def write_plots(run_dir: str | Path) -> dict[str, Path | None]:

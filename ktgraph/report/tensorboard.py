@@ -49,9 +49,9 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:  # tensorboard itself is missing (torch is not)
-            raise GraphError("train.tensorboard is true but TensorBoard is not installed", where=("train", "tensorboard"),
-                             expected="the `tensorboard` package", suggestion=f"{INSTALL_HINT}, or set "
-                             "train.tensorboard=false") from err
+            raise GraphError("train.tensorboard is true but TensorBoard is not installed",
+                             where=("train", "tensorboard"), expected="the `tensorboard` package",
+                             suggestion=f"{INSTALL_HINT}, or set train.tensorboard=false") from err
         self.run_dir = Path(run_dir)
         self.log_dir = self.run_dir / TENSORBOARD_DIR
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -260,17 +260,31 @@ def row_nodes(graph: KTGraph, plan: Plan) -> list[str]:
     return sorted(nodes, key=lambda n: (order[node_kind(graph, n)], position[n]))
 
 
-def best_epochs(run_dir: str | Path, split: str = "test") -> dict[str, tuple[int, float]]:
+def best_epochs(run_dir: str | Path, split: str = "test",
+                upto: tuple[int, int] | None = None) -> dict[str, tuple[int, float]]:
     """node -> (epoch, ``split`` top-1 at that epoch), the epoch chosen on val when logged, else test.
 
-    Epochs are the lines of ``metrics.jsonl``, counted from 1 (over all stages); ties keep
-    the earliest epoch, as the trainer does.
+    Epochs are the lines of ``metrics.jsonl`` in training order, counted from 1 over all
+    stages (for a one-stage run: the epoch number); ties keep the earliest epoch, as the
+    trainer does. ``upto`` = (stage index, epochs done in it) of the checkpoint drops
+    lines written after it (a run stopped between its metrics and its checkpoint).
     """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return {}
+    lines = []
+    for text in path.read_text().splitlines():
+        try:
+            line = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError:  # a torn last line
+            line = None
+        if isinstance(line, dict):
+            lines.append(line)
+    lines.sort(key=lambda d: (d.get("stage_index", 0), d.get("epoch", 0)))
+    offset = 1 if any(d.get("epoch") == 0 for d in lines) else 0  # older runs logged 0-based epochs
+    if upto is not None:
+        lines = [d for d in lines if (d.get("stage_index", 0), d.get("epoch", 0) + offset) <= tuple(upto)]
     best: dict[str, tuple[float, int, float]] = {}
-    lines = [json.loads(text) for text in path.read_text().splitlines() if text.strip()]
     for epoch, line in enumerate(lines, start=1):
         select = "val" if "val" in line else "test"
         report = split if split in line else "test"
@@ -289,6 +303,7 @@ class LoadedRun:
     data: Any
     model: GraphModel
     device: torch.device
+    position: tuple[int, int] | None = None  # the checkpoint's (stage index, epochs done in that stage)
 
 
 def load_run(run_dir: str | Path, *, device: str | torch.device | None = None,
@@ -327,7 +342,8 @@ def load_run(run_dir: str | Path, *, device: str | torch.device | None = None,
     model.to(target).eval()
     if target.type == "cpu":
         torch.set_flush_denormal(True)  # as in training: subnormal floats slow CPU convolutions down
-    return LoadedRun(run_dir, graph, data, model, target)
+    position = (payload["stage"], payload["epoch"]) if "stage" in payload and "epoch" in payload else None
+    return LoadedRun(run_dir, graph, data, model, target, position)
 
 
 def xross_table(run_dir: str | Path, *, split: str = "test", progress: bool = True,
@@ -337,7 +353,8 @@ def xross_table(run_dir: str | Path, *, split: str = "test", progress: bool = Tr
     """Evaluate every path, aggregate and ensemble of a run's last checkpoint, with its costs.
 
     ``split`` is ``test`` or ``val``; ``batch_size`` (default ``train.eval_batch_size``)
-    is used for evaluation and latency; ``run`` reuses an already loaded run.
+    is used for evaluation and latency; ``repeats=0`` skips the latency measurement;
+    ``run`` reuses an already loaded run (see :func:`load_run`).
     """
     from .run import CONFIG, load_graph
 
@@ -361,7 +378,7 @@ def xross_table(run_dir: str | Path, *, split: str = "test", progress: bool = Tr
     loader = make_loader(dataset, batch_size)
     batches = tqdm(loader, desc=f"evaluating on {split}", leave=False, disable=not progress, dynamic_ncols=True)
     accuracy = evaluate(executor, batches, run.device, data.num_classes)
-    best = best_epochs(run.run_dir, split)
+    best = best_epochs(run.run_dir, split, run.position)
     rows = []
     for node in tqdm(nodes, desc="measuring costs", leave=False, disable=not progress, dynamic_ncols=True):
         parts, part_names = _parts(graph, node)
@@ -370,7 +387,7 @@ def xross_table(run_dir: str | Path, *, split: str = "test", progress: bool = Tr
             node=node, kind=node_kind(graph, node), route=_route(graph, node),
             params=path_params(model, graph, node, plan), macs=path_macs(model, graph, node, plan=plan),
             latency_ms=path_latency(model, graph, node, batch_size=batch_size, warmup=warmup, repeats=repeats,
-                                    max_seconds=max_seconds, plan=plan),
+                                    max_seconds=max_seconds, plan=plan) if repeats > 0 else None,
             batch_size=batch_size, top1_last=accuracy[node]["top1"], top5_last=accuracy[node].get("top5"),
             top1_best=top1_best, best_epoch=epoch,
             segments=graph.paths[node].segments if node in graph.paths else (), parts=parts,
