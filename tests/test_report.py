@@ -69,8 +69,9 @@ def make_run(root: Path, xross: str | None = XROSS_2, base: int = 1) -> Path:
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in metrics_lines(base)))
     rows = [{"node": n, "kind": "network" if n.startswith("net") and "-" not in n else
-             ("cross path" if "-" in n else "ensemble"), "route": "", "last_epoch": 4, "top1_last": 50.0 + i + 0.25,
-             "best_epoch": 3, "top1_at_best": 40.0 + i + 0.75, "best_chosen_on": "val", "top5_last": 63.0}
+             ("cross path" if "-" in n else "ensemble"), "route": "", "last_stage": "main", "last_epoch": 2,
+             "top1_last": 50.0 + i + 0.25, "best_stage": "warmup", "best_epoch": 1, "top1_at_best": 40.0 + i + 0.75,
+             "best_chosen_on": "val", "top5_last": 63.0}
             for i, n in enumerate(NODES)]
     (run / "summary.json").write_text(json.dumps({"graph": "fake_xml", "run_dir": str(run), "rows": rows}))
     (run / "env.json").write_text(json.dumps({
@@ -207,7 +208,7 @@ def test_report_ties_the_run_together(tmp_path):
     assert "![the knowledge-transfer graph](graph.svg)" in text
     # Last and best, labelled, with the accuracies of summary.json.
     assert "top-1 last (epoch)" in text and "top-1 at best (epoch, chosen on)" in text
-    assert "| `net2-net1` | cross path |  | 53.25 (4) | 43.75 (3, val) | 63.00 |" in text
+    assert "| `net2-net1` | cross path |  | 53.25 (main 2) | 43.75 (warmup 1, val) | 63.00 |" in text
     # xross.md nested under the Xross section, its heading demoted.
     assert "### Xross table" in text and "| net1 | net2 | 37.09 |" in text
     for figure in ["curves.svg", "xross_heatmap.svg", "pareto.svg"]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -37,6 +38,16 @@ def untrained(graph_file: Path | str, *overrides: str) -> tuple:
     graph = load_graph(graph_file, ["data.image_size=16", *overrides])
     torch.manual_seed(0)
     return graph, GraphModel(graph, 10, (3, 16, 16)).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions gain nothing from threads; on a busy 2-core machine OpenMP's spinning threads
+    make them tens of times slower. Restored for the other test modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +226,17 @@ def test_pareto_front_on_hand_made_rows():
         pick_path(rows, "params", 9)
 
 
-def test_pick_exports_a_module_that_runs_without_ktgraph(run_dir, loaded, tmp_path, capsys):
+@pytest.fixture
+def reuse_loaded(loaded, monkeypatch):
+    """Commands load the run once per process; here they reuse the module's copy (saves building it again)."""
+    import ktgraph.runtime.xross as xross
+
+    monkeypatch.setattr(xross, "load_run", lambda *args, **kwargs: loaded)
+    return loaded
+
+
+def test_pick_exports_a_module_that_runs_without_ktgraph(run_dir, reuse_loaded, tmp_path, capsys):
+    loaded = reuse_loaded
     rows = read_csv(run_dir / "xross.csv")
     budget = sorted(r.params for r in rows if r.kind != "ensemble")[4]
     out = tmp_path / "picked.pt2"
@@ -239,11 +260,11 @@ def test_pick_exports_a_module_that_runs_without_ktgraph(run_dir, loaded, tmp_pa
               "assert 'ktgraph' not in sys.modules, 'the exported module needed ktgraph'\n"
               "torch.save(y, sys.argv[3])\n")
     subprocess.run([sys.executable, "-I", "-c", script, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                   cwd=tmp_path, check=True, capture_output=True, timeout=120)
+                   cwd=tmp_path, check=True, capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=0)
 
 
-def test_pick_and_eval_errors(run_dir, xml, tmp_path, capsys, monkeypatch):
+def test_eval_and_pick_errors(run_dir, xml, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     empty = tmp_path / "empty"
@@ -256,7 +277,13 @@ def test_pick_and_eval_errors(run_dir, xml, tmp_path, capsys, monkeypatch):
     assert main(["pick", str(run_dir), "--max-macs", "lots"]) == 2
     assert "not a positive amount" in capsys.readouterr().err
 
-    # Without xross.csv, pick evaluates the run first; a budget under every path names the cheapest one.
+    graph, model = xml
+    with pytest.raises(GraphError, match="not a path"):
+        path_module(model, graph, "mean(paths)")
+
+
+def test_pick_evaluates_first_without_a_table_and_names_the_cheapest_path(run_dir, reuse_loaded, tmp_path, capsys,
+                                                                           monkeypatch):
     import ktgraph.runtime.xross as xross
 
     quick = xross.xross_table
@@ -268,7 +295,3 @@ def test_pick_and_eval_errors(run_dir, xml, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "no path fits #params <= 1.00k" in err and "the cheapest path is `net1`" in err
     assert (copy / "xross.csv").is_file() and not list(copy.glob("picked-*"))
-
-    graph, model = xml
-    with pytest.raises(GraphError, match="not a path"):
-        path_module(model, graph, "mean(paths)")

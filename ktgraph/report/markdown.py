@@ -159,10 +159,14 @@ def _accuracy(summary: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> 
         header += " top-5 last |"
         rule += " ---: |"
     lines += [header, rule]
+    # With several stages an epoch number alone is ambiguous: name the stage too.
+    staged = len(({line.get("stage") for line in metrics} | {r.get("last_stage") for r in rows}) - {None}) > 1
     for r in rows:
+        last = _when(r.get("last_stage"), r.get("last_epoch"), staged)
+        best = _when(r.get("best_stage"), r.get("best_epoch"), staged)
         line = (f"| `{_cell(r.get('node'))}` | {_cell(r.get('kind', ''))} | {_cell(r.get('route', ''))} "
-                f"| {_pct(r.get('top1_last'))} ({r.get('last_epoch', '?')}) "
-                f"| {_pct(r.get('top1_at_best'))} ({r.get('best_epoch', '?')}, {r.get('best_chosen_on', '?')}) |")
+                f"| {_pct(r.get('top1_last'))} ({last}) "
+                f"| {_pct(r.get('top1_at_best'))} ({best}, {r.get('best_chosen_on', '?')}) |")
         if has_top5:
             line += f" {_pct(r.get('top5_last'))} |"
         lines.append(line)
@@ -246,6 +250,11 @@ def _files(run_dir: Path) -> str:
 # --- formatting --------------------------------------------------------------------------
 def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _when(stage: Any, epoch: Any, staged: bool) -> str:
+    epoch = "?" if epoch is None else str(epoch)
+    return f"{_cell(stage)} {epoch}" if staged and stage else epoch
 
 
 def _one_line(text: str) -> str:
