@@ -220,7 +220,8 @@ def parser() -> argparse.ArgumentParser:
     budget = pick.add_mutually_exclusive_group(required=True)
     budget.add_argument("--max-params", metavar="N", help="parameter budget (e.g. 150k, 1.5M)")
     budget.add_argument("--max-macs", metavar="N", help="MACs per image budget (e.g. 5M)")
-    budget.add_argument("--max-latency", metavar="MS", help="latency budget, ms per batch")
+    budget.add_argument("--max-latency", metavar="MS",
+                        help="latency budget, ms per batch (as measured by `ktgraph eval`, at its batch size)")
     pick.add_argument("-o", "--output", metavar="OUT", help="output file (default: RUN_DIR/picked-NODE.pt2)")
     pick.add_argument("--no-progress", action="store_true", help="no progress bar")
     pick.add_argument("--allow-imports", action="store_true",

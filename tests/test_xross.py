@@ -19,7 +19,7 @@ from conftest import ROOT
 from ktgraph.cli import main
 from ktgraph.errors import GraphError
 from ktgraph.runtime import Executor, GraphModel
-from ktgraph.runtime.export import pareto_front, path_module, pick_path
+from ktgraph.runtime.export import export_module, pareto_front, path_module, pick_path
 from ktgraph.runtime.run import load_graph
 from ktgraph.runtime.xross import (CSV_COLUMNS, Row, best_epochs, eval_plan, format_tables, load_run, node_kind,
                                    node_plan, path_macs, path_params, read_csv)
@@ -259,8 +259,10 @@ def test_pick_exports_a_module_that_runs_without_ktgraph(run_dir, reuse_loaded, 
               "    y = module(torch.load(sys.argv[2]))\n"
               "assert 'ktgraph' not in sys.modules, 'the exported module needed ktgraph'\n"
               "torch.save(y, sys.argv[3])\n")
-    subprocess.run([sys.executable, "-I", "-c", script, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                   cwd=tmp_path, check=True, capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [sys.executable, "-I", "-c", script, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=0)
 
 
@@ -295,3 +297,32 @@ def test_pick_evaluates_first_without_a_table_and_names_the_cheapest_path(run_di
     err = capsys.readouterr().err
     assert "no path fits #params <= 1.00k" in err and "the cheapest path is `net1`" in err
     assert (copy / "xross.csv").is_file() and not list(copy.glob("picked-*"))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_export_falls_back_to_torchscript(tmp_path, monkeypatch):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot export this")
+
+    monkeypatch.setattr(torch.export, "export", refuse)
+    x = torch.randn(2, 3, 8, 8)
+    saved, how = export_module(module, x, tmp_path / "m.pt2")
+    assert saved == tmp_path / "m.pt" and how.startswith("torchscript") and "cannot export this" in how
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(saved))(x), module(x))
+
+
+def test_tables_after_training_use_the_model_in_memory(run_dir, loaded, tmp_path):
+    from ktgraph.runtime.trainer import Trainer
+    from ktgraph.runtime.xross import tables_after_training
+
+    trainer = Trainer(load_graph(run_dir / "config.yaml"), tmp_path, progress_bar=False)
+    trainer.model.load_state_dict(loaded.model.state_dict())
+    shown = []
+    rows = tables_after_training(trainer, progress=False, echo=shown.append, repeats=1)
+    assert (tmp_path / "xross.csv").is_file() and (tmp_path / "xross.md").is_file() and "Part1 (p1)" in shown[0]
+    expected = {r.node: r.top1_last for r in read_csv(run_dir / "xross.csv")}
+    assert {r.node: r.top1_last for r in rows} == pytest.approx(expected, abs=1e-4)

@@ -10,6 +10,8 @@ runs with plain PyTorch: no ktgraph needed.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +114,10 @@ def export_module(module: nn.Module, example: torch.Tensor, out: str | Path) -> 
         torch.export.save(program, str(out))
         return out, "torch.export" + ("" if options else " (static batch size)")
     traced_path = out.with_suffix(".pt")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, and here on purpose
         traced = torch.jit.trace(module, example)
-    torch.jit.save(traced, str(traced_path))
+        torch.jit.save(traced, str(traced_path))
     return traced_path, f"torchscript (torch.export failed: {errors[-1]})"
 
 
@@ -123,7 +126,10 @@ def front_table(rows: list[Row], cost: str, budget: float | None = None, chosen:
     from tabulate import tabulate
 
     body = []
-    for row in pareto_front(rows, cost):
+    front = pareto_front(rows, cost)
+    if chosen is not None and all(row is not chosen for row in front):  # dominated by an ensemble, say
+        front = sorted(front + [chosen], key=lambda r: (cost_of(r, cost), -r.top1_last, r.node))
+    for row in front:
         value = cost_of(row, cost)
         mark = "*" if row is chosen else ("x" if budget is not None and value > budget else "")
         body.append([mark, row.node, row.kind, _exact(value), f"{row.top1_last:.2f}"])
@@ -166,7 +172,7 @@ def pick(run_dir: str | Path, cost: str, budget: float, *, out: str | Path | Non
     run = load_run(run_dir, device="cpu", allow_imports=allow_imports)
     module = path_module(run.model, run.graph, chosen.node)
     example = torch.randn(2, *run.model.input_shape, generator=torch.Generator().manual_seed(0))
-    out = Path(out) if out else run_dir / f"picked-{chosen.node}.pt2"
+    out = Path(out) if out else run_dir / f"picked-{re.sub(r'[^A-Za-z0-9._-]', '_', chosen.node)}.pt2"
     saved, how = export_module(module, example, out)
     echo(f"picked `{chosen.node}` ({chosen.kind}: {chosen.route}) under {COSTS[cost]} <= {human(budget)}\n"
          f"  top-1 {chosen.top1_last:.2f}% at the last epoch"

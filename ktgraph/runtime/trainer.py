@@ -12,6 +12,7 @@ import warnings
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ class Trainer:
         self.state = Progress()
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._resume_payload: dict[str, Any] | None = None
+        self.on_epoch: list[Callable[[dict[str, Any]], None]] = []  # called with each metrics line
 
     # --- plans -----------------------------------------------------------------------
     def _plan(self, mode: str, stage: StageSpec | None = None):
@@ -167,6 +169,8 @@ class Trainer:
             # Metrics first: a crash before the checkpoint replays this epoch, and resume drops its line.
             with self.metrics_path.open("a") as handle:
                 handle.write(json.dumps(line) + "\n")
+            for callback in self.on_epoch:
+                callback(line)
             save_atomic({"model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "stage": self.state.stage, "epoch": self.state.epoch,

@@ -395,6 +395,19 @@ def xross_table(run_dir: str | Path, *, split: str = "test", progress: bool = Tr
     return rows
 
 
+def tables_after_training(trainer: Any, *, progress: bool = True, echo=print, **options: Any) -> list[Row]:
+    """The end of a run: the Xross table of the trained model in memory (the last checkpoint's weights).
+
+    Writes ``xross.csv`` and ``xross.md`` into the run directory, echoes the terminal
+    tables and returns the rows; ``options`` go to :func:`xross_table`.
+    """
+    run = LoadedRun(Path(trainer.run_dir), trainer.graph, trainer.data, trainer.model, trainer.device)
+    rows = xross_table(trainer.run_dir, progress=progress, run=run, **options)
+    write_tables(rows, trainer.run_dir)
+    echo(format_tables(rows))
+    return rows
+
+
 # --- tables ----------------------------------------------------------------------------------
 def _pct(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
@@ -409,12 +422,12 @@ def _best(row: Row) -> str:
 
 
 def _groups(rows: list[Row]) -> dict[tuple[str, ...], list[Row]]:
-    """Path rows grouped by their part positions (one Xross table per group)."""
+    """Path rows grouped by their part positions: one Xross table per group that has a cross path."""
     groups: dict[tuple[str, ...], list[Row]] = {}
     for row in rows:
         if row.is_path and row.parts and len(row.part_names) >= 2:
             groups.setdefault(row.part_names, []).append(row)
-    return groups
+    return {names: group for names, group in groups.items() if any(r.kind == "cross path" for r in group)}
 
 
 def _network_order(rows: list[Row]) -> list[str]:

@@ -234,6 +234,7 @@ class TrainSpec(Strict):
     amp: Literal["off", "bf16", "fp16"] = "off"
     update: Literal["simultaneous", "alternating"] = "simultaneous"
     bn_stats: Literal["own", "all"] = "own"
+    tensorboard: bool = False
     optimizer: OptimizerSpec = OptimizerSpec()
     schedule: ScheduleSpec = ScheduleSpec()
 
