@@ -185,7 +185,6 @@ def parser() -> argparse.ArgumentParser:
                      help="the graph file, then overrides such as train.epochs=200 data.name=cifar100")
     run.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check graph files without training")
@@ -210,9 +209,6 @@ def parser() -> argparse.ArgumentParser:
                                                          "(default: the run's train.eval_batch_size)")
     evaluate.add_argument("--repeats", type=int, default=10,
                           help="timed batches per row for latency (median); 0 skips latency")
-    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
-    evaluate.add_argument("--allow-imports", action="store_true",
-                          help="allow the run config's `imports:` to run Python modules")
     evaluate.set_defaults(func=cmd_eval)
 
     pick = sub.add_parser("pick", help="export the most accurate path of a run under a budget")
@@ -223,9 +219,6 @@ def parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-latency", metavar="MS",
                         help="latency budget, ms per batch (as measured by `ktgraph eval`, at its batch size)")
     pick.add_argument("-o", "--output", metavar="OUT", help="output file (default: RUN_DIR/picked-NODE.pt2)")
-    pick.add_argument("--no-progress", action="store_true", help="no progress bar")
-    pick.add_argument("--allow-imports", action="store_true",
-                      help="allow the run config's `imports:` to run Python modules")
     pick.set_defaults(func=cmd_pick)
 
     render_ = sub.add_parser("render", help="draw a graph file (or its plan) as SVG or DOT")
@@ -236,11 +229,11 @@ def parser() -> argparse.ArgumentParser:
     render_.add_argument("--eval", action="store_true", help="with --plan: the evaluation plan")
     render_.add_argument("--format", choices=["svg", "dot", "png"],
                          help="picture format (default: from the suffix of -o, else svg)")
-    render_.add_argument("--allow-imports", action="store_true",
-                         help="allow the graph's `imports:` to run Python modules")
     render_.set_defaults(func=cmd_render)
 
-    for command in (run, validate, plan):
+    for command in (run, evaluate, pick):
+        command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for command in (run, validate, plan, evaluate, pick, render_):
         command.add_argument("--allow-imports", action="store_true",
                              help="allow the graph's `imports:` to run Python modules")
     return top

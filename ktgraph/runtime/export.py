@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import GraphError
 from ..graph import KTGraph, junction_key
+from ..report.runfiles import pareto_front as front_indices
 from .model import GraphModel
 from .xross import CSV_NAME, Row, human, read_csv
 
@@ -38,14 +39,8 @@ def pareto_front(rows: list[Row], cost: str) -> list[Row]:
     Rows without a measured cost are left out. The front is sorted by cost, then node.
     """
     measured = [r for r in rows if cost_of(r, cost) is not None]
-    front = []
-    for row in measured:
-        c, a = cost_of(row, cost), row.top1_last
-        dominated = any(cost_of(o, cost) <= c and o.top1_last >= a and (cost_of(o, cost) < c or o.top1_last > a)
-                        for o in measured if o is not row)
-        if not dominated:
-            front.append(row)
-    return sorted(front, key=lambda r: (cost_of(r, cost), -r.top1_last, r.node))
+    keep = front_indices([(cost_of(r, cost), r.top1_last) for r in measured])
+    return sorted((measured[i] for i in keep), key=lambda r: (cost_of(r, cost), -r.top1_last, r.node))
 
 
 def pick_path(rows: list[Row], cost: str, budget: float) -> Row:

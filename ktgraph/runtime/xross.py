@@ -39,6 +39,7 @@ from ..graph import KTGraph
 from .evaluate import evaluate, make_loader
 from .executor import Executor
 from .model import GraphModel
+from .report import node_kind, node_route
 
 CSV_NAME = "xross.csv"
 MARKDOWN_NAME = "xross.md"
@@ -216,27 +217,6 @@ def path_latency(model: GraphModel, graph: KTGraph, node: str, *, batch_size: in
 
 
 # --- rows ------------------------------------------------------------------------------------
-def node_kind(graph: KTGraph, node: str) -> str:
-    if node in graph.networks:
-        return "network"
-    if node in graph.paths:
-        return "cross path"
-    if node in (ENSEMBLE_NETWORKS, ENSEMBLE_PATHS):
-        return "ensemble"
-    return "aggregate"
-
-
-def _route(graph: KTGraph, node: str) -> str:
-    if node in graph.paths:
-        return " > ".join(graph.paths[node].segments)
-    if node == ENSEMBLE_NETWORKS:
-        return f"mean({', '.join(graph.networks)})"
-    if node == ENSEMBLE_PATHS:
-        return f"mean({', '.join(graph.paths)})"
-    agg = next(a for a in graph.aggregators.values() if node in a.outputs())
-    return f"{agg.kind}({', '.join(r.name for r in agg.inputs)})"
-
-
 def _parts(graph: KTGraph, node: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(owner of each part position, the positions' names) when the path's networks share part names."""
     if node not in graph.paths:
@@ -384,7 +364,7 @@ def xross_table(run_dir: str | Path, *, split: str = "test", progress: bool = Tr
         parts, part_names = _parts(graph, node)
         epoch, top1_best = best.get(node, (None, None))
         rows.append(Row(
-            node=node, kind=node_kind(graph, node), route=_route(graph, node),
+            node=node, kind=node_kind(graph, node), route=node_route(graph, node),
             params=path_params(model, graph, node, plan), macs=path_macs(model, graph, node, plan=plan),
             latency_ms=path_latency(model, graph, node, batch_size=batch_size, warmup=warmup, repeats=repeats,
                                     max_seconds=max_seconds, plan=plan) if repeats > 0 else None,
