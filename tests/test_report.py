@@ -17,18 +17,17 @@ from ktgraph.report import (TensorBoardLogger, pareto_front, plot_curves, plot_p
                             read_xross, write_plots, write_report)
 from ktgraph.report.__main__ import main as report_main
 from ktgraph.report.markdown import links_in
-from ktgraph.report.runfiles import parse_xross_csv
 
 NODES = ["net1", "net2", "net1-net2", "net2-net1", "mean(networks)"]
 HEADER = "node,kind,parts,segments,params,macs,latency_ms,batch_size,top1_last,top5_last,top1_best,best_epoch\n"
 
 # The seed's single-Xross table (ResNet34 / ResNet18 halves on Tiny ImageNet), in %.
 XROSS_2 = HEADER + """\
-net1,network,net1 net1,net1.up > net1.down,21320000,3.6e9,4.1,256,37.177,61.2,37.5,180
-net2,network,net2 net2,net2.up > net2.down,11220000,1.8e9,2.2,256,36.835,60.1,36.9,170
-net1-net2,cross path,net1 net2,net1.up > net2.down,11880000,2.5e9,3.0,256,37.089,,37.2,150
-net2-net1,cross path,net2 net1,net2.up > net1.down,20660000,3.2e9,3.8,256,37.604,,37.7,160
-mean(networks),ensemble,,,32540000,5.4e9,6.3,256,39.3,,39.5,190
+net1,network,net1 net1,net1.up > net1.down,21320000,3600000000,4.1,256,37.177,61.2,37.5,180
+net2,network,net2 net2,net2.up > net2.down,11220000,1800000000,2.2,256,36.835,60.1,36.9,170
+net1-net2,cross path,net1 net2,net1.up > net2.down,11880000,2500000000,3.0,256,37.089,,37.2,150
+net2-net1,cross path,net2 net1,net2.up > net1.down,20660000,3200000000,3.8,256,37.604,,37.7,160
+mean(networks),ensemble,,,32540000,5400000000,6.3,256,39.3,,39.5,190
 """
 
 # The seed's multi-Xross "Result Table": 2 networks x 3 parts, all 8 paths with #params.
@@ -47,14 +46,14 @@ XROSS_3 = HEADER + "".join(
     f"{acc},,{acc},9\n" for p, acc, m in MULTI)
 
 
-def metrics_lines(base: int = 1) -> list[dict]:
-    """2 stages x 2 epochs; ``epoch`` is 1-based within the stage (``base=0``: older run directories)."""
+def metrics_lines() -> list[dict]:
+    """2 stages x 2 epochs; ``epoch`` is 1-based within the stage."""
     lines = []
     for stage_index, stage in enumerate(["warmup", "main"]):
         for epoch in range(2):
             step = 2 * stage_index + epoch
             lines.append({
-                "stage": stage, "stage_index": stage_index, "epoch": epoch + base, "lr": 0.1 / (step + 1), "seconds": 1.5,
+                "stage": stage, "stage_index": stage_index, "epoch": epoch + 1, "lr": 0.1 / (step + 1), "seconds": 1.5,
                 "links": {"ce:net1": 2.0 - 0.3 * step, "ce:net2": 2.1 - 0.3 * step,
                           **({"kl:net2->net1": 0.4 - 0.05 * step} if stage == "main" else {"mimic:up": 0.9})},
                 "node_loss": {"net1": 2.4 - 0.3 * step, "net2": 2.1 - 0.3 * step, "net1-net2": 2.5 - 0.2 * step},
@@ -64,10 +63,10 @@ def metrics_lines(base: int = 1) -> list[dict]:
     return lines
 
 
-def make_run(root: Path, xross: str | None = XROSS_2, base: int = 1) -> Path:
+def make_run(root: Path, xross: str | None = XROSS_2) -> Path:
     run = root / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in metrics_lines(base)))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in metrics_lines()))
     rows = [{"node": n, "kind": "network" if n.startswith("net") and "-" not in n else
              ("cross path" if "-" in n else "ensemble"), "route": "", "last_stage": "main", "last_epoch": 2,
              "top1_last": 50.0 + i + 0.25, "best_stage": "warmup", "best_epoch": 1, "top1_at_best": 40.0 + i + 0.75,
@@ -227,12 +226,6 @@ def test_report_ties_the_run_together(tmp_path):
     assert str(tmp_path) not in text
 
 
-def test_report_reads_zero_based_epochs_of_older_runs(tmp_path):
-    text = write_report(make_run(tmp_path, base=0), plots=False).read_text()
-    assert "| `ce:net1` | 1.1 | main | 2 |" in text and "| `mimic:up` | 0.9 | warmup | 2 |" in text
-    assert "The final epoch is stage `main`, epoch 2;" in text
-
-
 def test_report_of_an_unfinished_run_without_xross(tmp_path):
     run = make_run(tmp_path, xross=None)
     (run / "summary.json").unlink()
@@ -255,9 +248,10 @@ def test_report_of_a_missing_directory_is_a_graph_error(tmp_path):
     assert report_main([str(tmp_path / "nope")]) == 2
 
 
-def test_xross_csv_parsing_is_tolerant():
-    rows = parse_xross_csv(XROSS_2 + "broken,cross path,net1 net2,,n/a,,,,,,,\n")
-    assert [r.node for r in rows][-1] == "broken" and rows[-1].params is None and rows[-1].top1_last is None
+def test_xross_rows_are_read_with_the_writer_s_reader(tmp_path):
+    assert read_xross(tmp_path) == []  # no table yet
+    (tmp_path / "xross.csv").write_text(XROSS_2)
+    rows = read_xross(tmp_path)
     assert rows[0].parts == ("net1", "net1") and rows[2].top5_last is None and rows[4].parts == ()
     assert rows[4].is_path is False and rows[2].is_path
 

@@ -295,7 +295,7 @@ def test_pick_evaluates_first_without_a_table_and_names_the_cheapest_path(run_di
     (copy / "xross.csv").unlink()
     assert main(["pick", str(copy), "--max-params", "1000", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "no path fits #params <= 1.00k" in err and "the cheapest path is `net1`" in err
+    assert "no path fits #params <= 1.0k" in err and "the cheapest path is `net1`" in err
     assert (copy / "xross.csv").is_file() and not list(copy.glob("picked-*"))
 
 

@@ -11,9 +11,9 @@ or ``python -m ktgraph.report RUN_DIR``.
 """
 from .markdown import REPORT, render_report, write_report
 from .plots import CURVES, HEATMAP, PARETO, plot_curves, plot_pareto, plot_xross_heatmap, write_plots
-from .runfiles import XrossRow, pareto_front, read_metrics, read_xross
+from .runfiles import pareto_front, read_metrics, read_xross
 from .tensorboard import TensorBoardLogger
 
-__all__ = ["CURVES", "HEATMAP", "PARETO", "REPORT", "TensorBoardLogger", "XrossRow", "pareto_front",
+__all__ = ["CURVES", "HEATMAP", "PARETO", "REPORT", "TensorBoardLogger", "pareto_front",
            "plot_curves", "plot_pareto", "plot_xross_heatmap", "read_metrics", "read_xross", "render_report",
            "write_plots", "write_report"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import GraphError
 from .plots import CURVES, HEATMAP, PARETO, write_plots
-from .runfiles import (CHECKPOINT, CONFIG, ENV, METRICS, SUMMARY, XROSS_CSV, XROSS_MD, XrossRow, epoch_offset,
+from .runfiles import (CHECKPOINT, CONFIG, ENV, METRICS, SUMMARY, XROSS_CSV, XROSS_MD, Row,
                        human_count, read_config, read_json, read_metrics, read_xross)
 
 REPORT = "report.md"
@@ -139,7 +139,7 @@ def _accuracy(summary: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> 
             return "\n".join(lines + ["_No epoch finished yet._"])
         last = metrics[-1]
         lines += [f"_No {SUMMARY} yet: test accuracy at the last finished epoch "
-                  f"(stage {last.get('stage')}, epoch {int(last.get('epoch', 0)) + epoch_offset(metrics)})._", "",
+                  f"(stage {last.get('stage')}, epoch {int(last.get('epoch', 0))})._", "",
                   "| node | test top-1 (%) | test top-5 (%) |", "| --- | ---: | ---: |"]
         for node, acc in (last.get("test") or {}).items():
             lines.append(f"| `{_cell(node)}` | {_pct(acc.get('top1'))} | {_pct(acc.get('top5'))} |")
@@ -173,7 +173,7 @@ def _accuracy(summary: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> 
     return "\n".join(lines)
 
 
-def _xross(run_dir: Path, xross: list[XrossRow]) -> str:
+def _xross(run_dir: Path, xross: list[Row]) -> str:
     lines = ["## Xross: paths, cost and accuracy", ""]
     md = run_dir / XROSS_MD
     if md.is_file():
@@ -214,15 +214,14 @@ def _links(metrics: list[dict[str, Any]]) -> str:
         for name, value in (line.get("links") or {}).items():
             last[name] = (value, line)
     final = metrics[-1]
-    offset = epoch_offset(metrics)
     lines += [f"Mean loss of each link over its last epoch (weighted and gated as trained). "
-              f"The final epoch is stage `{final.get('stage')}`, epoch {int(final.get('epoch', 0)) + offset}; "
+              f"The final epoch is stage `{final.get('stage')}`, epoch {int(final.get('epoch', 0))}; "
               "a link not active in it shows the last epoch it was.", "",
               "| link | loss | stage | epoch |", "| --- | ---: | --- | ---: |"]
     for name in sorted(last):
         value, line = last[name]
         lines.append(f"| `{_cell(name)}` | {_num(value)} | {_cell(line.get('stage', '?'))} "
-                     f"| {int(line.get('epoch', 0)) + offset} |")
+                     f"| {int(line.get('epoch', 0))} |")
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from .runfiles import XrossRow, human_count, pareto_front, read_metrics, read_xross
+from .runfiles import Row, human_count, pareto_front, read_metrics, read_xross
 
 CURVES = "curves.svg"
 HEATMAP = "xross_heatmap.svg"
@@ -146,10 +146,10 @@ class _Cut:
     """The K x K table of paths whose parts up to ``cut`` are one network and after it another."""
 
     cut: int
-    cells: dict[tuple[str, str], XrossRow]
+    cells: dict[tuple[str, str], Row]
 
 
-def network_order(paths: Sequence[XrossRow]) -> list[str]:
+def network_order(paths: Sequence[Row]) -> list[str]:
     """Networks as they first appear in the rows' parts (the csv lists networks first)."""
     order: list[str] = []
     for row in paths:
@@ -159,7 +159,7 @@ def network_order(paths: Sequence[XrossRow]) -> list[str]:
     return order
 
 
-def xross_cuts(paths: Sequence[XrossRow]) -> list[_Cut]:
+def xross_cuts(paths: Sequence[Row]) -> list[_Cut]:
     """For each cut position c of P-part paths: cells (up network, down network) -> row.
 
     Only cuts with at least one true cross path (up != down) are kept.
@@ -180,7 +180,7 @@ def xross_cuts(paths: Sequence[XrossRow]) -> list[_Cut]:
     return cuts
 
 
-def plot_xross_heatmap(source: str | Path | Sequence[XrossRow], out: str | Path | None = None) -> Path | None:
+def plot_xross_heatmap(source: str | Path | Sequence[Row], out: str | Path | None = None) -> Path | None:
     """``xross_heatmap.svg``: which up part with which down part gives what accuracy.
 
     Two-part paths: one K x K heatmap, up-half network (rows) x down-half network
@@ -191,7 +191,7 @@ def plot_xross_heatmap(source: str | Path | Sequence[XrossRow], out: str | Path 
     """
     run_dir, out = _resolve(source, out, HEATMAP)
     rows = read_xross(run_dir) if run_dir is not None else list(source)
-    paths = [r for r in rows if r.is_path and r.top1_last is not None]
+    paths = [r for r in rows if r.is_path and r.parts and r.top1_last is not None]
     if not paths:
         return None
     cuts = xross_cuts(paths)
@@ -264,7 +264,7 @@ def _heatmaps(fig, cuts: list[_Cut], nets: list[str], parts: int, vmin: float, v
                      "diagonal = the networks themselves")
 
 
-def _bars(fig, paths: list[XrossRow]) -> None:
+def _bars(fig, paths: list[Row]) -> None:
     ax = fig.subplots()
     ranked = sorted(paths, key=lambda r: (-r.top1_last, r.node))
     ys = list(range(len(ranked)))
@@ -292,7 +292,7 @@ def _bars(fig, paths: list[XrossRow]) -> None:
 
 
 # --- accuracy versus cost ----------------------------------------------------------------
-def plot_pareto(source: str | Path | Sequence[XrossRow], out: str | Path | None = None) -> Path | None:
+def plot_pareto(source: str | Path | Sequence[Row], out: str | Path | None = None) -> Path | None:
     """``pareto.svg``: every path's test top-1 (last epoch) versus #params, and versus MACs.
 
     The Pareto front (paths no other path beats with no more cost) is highlighted and
@@ -316,7 +316,7 @@ def plot_pareto(source: str | Path | Sequence[XrossRow], out: str | Path | None 
     return _save(fig, out)
 
 
-def _pareto_panel(ax, paths: list[XrossRow], others: list[XrossRow], field: str, name: str) -> None:
+def _pareto_panel(ax, paths: list[Row], others: list[Row], field: str, name: str) -> None:
     points = [(r, getattr(r, field)) for r in paths if getattr(r, field) is not None and getattr(r, field) > 0]
     if not points:
         ax.text(0.5, 0.5, f"no {name} in xross.csv", ha="center", va="center", transform=ax.transAxes)

@@ -20,9 +20,10 @@ from torch import nn
 
 from ..errors import GraphError
 from ..graph import KTGraph, junction_key
+from ..report.runfiles import human_count as human
 from ..report.runfiles import pareto_front as front_indices
 from .model import GraphModel
-from .xross import CSV_NAME, Row, human, read_csv
+from .xross import CSV_NAME, Row, read_csv
 
 COSTS = {"params": "#params", "macs": "MACs/image", "latency_ms": "latency ms/batch"}
 

@@ -495,13 +495,3 @@ def write_tables(rows: list[Row], run_dir: str | Path) -> dict[str, Path]:
     md_path = run_dir / MARKDOWN_NAME
     md_path.write_text(format_tables(rows, markdown=True, title=f"Xross evaluation of {run_dir.name}"))
     return {"csv": csv_path, "markdown": md_path}
-
-
-def human(value: float | None) -> str:
-    """12_345_678 -> 12.35M (for budgets and costs in messages)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "?"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.2f}{unit}"
-    return f"{value:g}"
