@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +46,21 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def read_json(run_dir: str | Path, name: str) -> dict[str, Any] | None:
-    path = Path(run_dir) / name
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
+    """A JSON file of the run as a mapping; None when it is missing or unreadable."""
+    return _read_mapping(Path(run_dir) / name, json.loads, json.JSONDecodeError)
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / CONFIG
+    """The run's resolved ``config.yaml`` as a mapping; None when it is missing or unreadable."""
+    return _read_mapping(Path(run_dir) / CONFIG, yaml.safe_load, yaml.YAMLError)
+
+
+def _read_mapping(path: Path, parse: Callable[[str], Any], error: type[Exception]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        data = parse(path.read_text())
+    except error:
         return None
     return data if isinstance(data, dict) else None
 
