@@ -92,7 +92,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .compile import compile_plan
+    from .compile import stage_plans
     from .compile.format import format_plan
     from .runtime.run import load_graph
 
@@ -102,15 +102,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                          expected="ktgraph plan FILE [key=value ...]")
     graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
     model = _build(graph)
-    stages = graph.stages or [None]
-    for stage in stages:
-        frozen = model.frozen_networks() | set(stage.freeze if stage else ())
-        plan = compile_plan(graph, mode="eval" if args.eval else "train", adapters=model.adapter_keys,
-                            regressors=model.regressor_keys, frozen=frozen, active=stage.links if stage else None)
-        title = files[0] + (f", stage {stage.name}" if stage else "")
+    for title, plan in stage_plans(graph, adapters=model.adapter_keys, regressors=model.regressor_keys,
+                                   frozen=model.frozen_networks(), mode="eval" if args.eval else "train",
+                                   title=files[0]):
         print(format_plan(plan, title))
-        if args.eval:
-            break
     return 0
 
 
@@ -147,7 +142,8 @@ def cmd_pick(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .runtime.run import load_graph
-    from .viz.render import FORMATS, graph_dot, model_details, plans_dot, render, stage_plans
+    from .compile import stage_plans
+    from .viz.render import FORMATS, graph_dot, model_details, plans_dot, render
 
     files, overrides = _split_targets(args.targets)
     if len(files) != 1:

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT
 from ktgraph.cli import main
+from ktgraph.compile import stage_plans
 from ktgraph.compile.plan import Aggregate
 from ktgraph.errors import GraphError
 from ktgraph.graph import build_graph
@@ -88,7 +89,7 @@ def test_every_graph_renders_to_svg(path: Path, tmp_path: Path):
     for link in graph.links:
         assert f"link:{link.name}" in text
 
-    plans = viz.stage_plans(graph, title=path.name)
+    plans = stage_plans(graph, title=path.name)
     out = viz.render(viz.plans_dot(plans), tmp_path / "plan.svg", "svg")
     titles, text = svg_content(out)
     prefixes = [""] if len(plans) == 1 else [f"s{i}/" for i in range(1, len(plans) + 1)]

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..compile import Plan, compile_plan
-from ..data import DataBundle, build_data
+from ..data import build_data
 from ..errors import GraphError, TrainingError
 from ..graph import KTGraph
 from ..nn.gates import GateContext
@@ -75,8 +75,7 @@ class Progress:
 class Trainer:
     """Trains a graph and records everything a run directory should hold."""
 
-    def __init__(self, graph: KTGraph, run_dir: str | Path, *, data: DataBundle | None = None,
-                 progress_bar: bool = True) -> None:
+    def __init__(self, graph: KTGraph, run_dir: str | Path, *, progress_bar: bool = True) -> None:
         self.graph = graph
         self.spec = graph.spec
         self.train_spec = graph.spec.train
@@ -88,7 +87,7 @@ class Trainer:
             # convolutions tens of times slower; flushing them changes nothing measurable.
             torch.set_flush_denormal(True)
         torch.manual_seed(self.train_spec.seed)
-        self.data = data or build_data(graph.spec.data, self.train_spec.seed)
+        self.data = build_data(graph.spec.data, self.train_spec.seed)
         shape = (self.data.in_channels, self.data.image_size, self.data.image_size)
         self.model = GraphModel(graph, self.data.num_classes, shape).to(self.device)
         self.eval_executor = Executor(self._plan("eval"), self.model)
@@ -104,7 +103,7 @@ class Trainer:
         self.on_epoch: list[Callable[[dict[str, Any]], None]] = []  # called with each metrics line
 
     # --- plans -----------------------------------------------------------------------
-    def _plan(self, mode: str, stage: StageSpec | None = None):
+    def _plan(self, mode: str, stage: StageSpec | None = None) -> Plan:
         frozen = self.model.frozen_networks() | set(stage.freeze if stage else ())
         return compile_plan(self.graph, mode=mode, adapters=self.model.adapter_keys,
                             regressors=self.model.regressor_keys, frozen=frozen,

@@ -550,24 +550,6 @@ def plans_dot(plans: Sequence[tuple[str, Plan]], title: str = "") -> graphviz.Di
     return dot
 
 
-def stage_plans(graph: KTGraph, *, adapters: Collection[str] = (), regressors: Collection[str] = (),
-                frozen: Collection[str] = (), mode: str = "train", title: str = "") -> list[tuple[str, Plan]]:
-    """The plans ``ktgraph plan`` prints: one per training stage (one in all for ``mode="eval"``).
-
-    ``frozen`` is what is fixed in every stage (``GraphModel.frozen_networks()``); each
-    stage adds its own ``freeze`` and keeps only its ``links``.
-    """
-    from ..compile import compile_plan
-
-    frozen = set(frozen) | {name for name, net in graph.networks.items() if net.spec.frozen}
-    plans = []
-    for stage in (graph.stages or [None]) if mode == "train" else [None]:
-        plan = compile_plan(graph, mode=mode, adapters=adapters, regressors=regressors,
-                            frozen=frozen | set(stage.freeze if stage else ()), active=stage.links if stage else None)
-        plans.append((title + (f", stage {stage.name}" if stage else ""), plan))
-    return plans
-
-
 # --- rendering ------------------------------------------------------------------------
 
 def _graphviz_pure_binary() -> str | None:
