@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     top = parser()
     args, extra = top.parse_known_args(argv)
-    unknown = [e for e in extra if "=" not in e or e.startswith("-")]
+    unknown = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "targets")]
     if unknown:
         top.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.targets = list(getattr(args, "targets", [])) + extra

@@ -138,8 +138,9 @@ class _Lowering:
             wanted = self.own(link.target)
         else:
             wanted = deps if ALL in link.trains else link.trains
-        trains = frozenset(o for o in (wanted & deps) | ({regressor} if regressor else set())
-                           if self.graph.owner_network(o) not in frozen)
+        # A mimic link's regressor is its own: it trains whenever the link trains its default or `all`.
+        own_regressor = {regressor} if regressor and (link.trains is None or ALL in link.trains) else set()
+        trains = frozenset(o for o in (wanted & deps) | own_regressor if self.graph.owner_network(o) not in frozen)
         return Term(link=link.name, kind=link.kind, node=link.target.name, source=source, target=target,
                     weight=link.weight, gate=link.gate, gate_length=link.gate_length, trains=trains, deps=deps,
                     T=link.T, detach=link.detach, loss=link.loss, regressor=regressor)

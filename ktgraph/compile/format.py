@@ -59,7 +59,7 @@ def format_plan(plan: Plan, title: str = "") -> str:
         for node, terms in by_node.items():
             lines.append(f"  L[{node}] =")
             for i, term in enumerate(terms):
-                trains = ", ".join(sorted(term.trains)) or "nothing (frozen or detached)"
+                trains = ", ".join(sorted(term.trains)) or "nothing"
                 lines.append(f"      {'+' if i else ' '} {term_formula(term, names)}")
                 lines.append(f"          link {term.link}; trains {trains}")
     if plan.groups:

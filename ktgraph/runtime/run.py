@@ -74,8 +74,9 @@ def train(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, progress
     from .xross import tables_after_training
 
     run_dir = Path(run_dir)
+    trainer = Trainer(graph, run_dir, progress_bar=progress_bar)  # fails on bad input before any file
+    logger = TensorBoardLogger(run_dir) if graph.spec.train.tensorboard else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(graph, run_dir, progress_bar=progress_bar)
     if resume:
         trainer.resume()
     else:
@@ -84,7 +85,6 @@ def train(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, progress
         (run_dir / "env.json").write_text(json.dumps(env, indent=2))
         _optional("render the graph", lambda: render(graph_dot(graph, **model_details(trainer.model)),
                                                      run_dir / "graph.svg", "svg"))
-    logger = TensorBoardLogger(run_dir) if graph.spec.train.tensorboard else None
     if logger is not None:
         trainer.on_epoch.append(logger.log)
     try:

@@ -113,7 +113,11 @@ class Trainer:
     def resume(self) -> None:
         """Continue from the run directory's last checkpoint."""
         payload = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device)
-        self.model.load_state_dict(payload["model"])
+        try:
+            self.model.load_state_dict(payload["model"])
+        except (RuntimeError, KeyError) as err:
+            raise TrainingError(f"the checkpoint in {self.run_dir} does not fit its config.yaml: "
+                                f"{str(err).splitlines()[0]}") from None
         self.state = Progress(payload["stage"], payload["epoch"], payload["best"], payload["last"])
         self._resume_payload = payload
         if self.metrics_path.exists():
