@@ -275,7 +275,7 @@ class _Builder:
         order = nx.DiGraph()
         for name, agg in pending.items():
             order.add_node(name)
-            for i, inp in enumerate(list(agg.inputs) + list(getattr(agg, "features", []))):
+            for inp in list(agg.inputs) + list(getattr(agg, "features", [])):
                 base = inp.split(".")[0]
                 if base in pending:
                     order.add_edge(base, name)

@@ -63,7 +63,8 @@ class GraphModel(nn.Module):
                 err.where = err.where or where + (field,)
                 raise
             except TypeError as err:
-                raise GraphError(f"model `{spec.model}` rejected its arguments: {err}", where=where + ("kwargs",))
+                raise GraphError(f"model `{spec.model}` rejected its arguments: {err}",
+                                 where=where + ("kwargs",)) from None
             try:
                 segments = split(model, spec.cuts)
             except GraphError as err:

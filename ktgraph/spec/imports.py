@@ -41,4 +41,4 @@ def import_user_modules(loaded: LoadedGraph, allow: bool) -> None:
                     sys.path.remove(str(base))
         except ImportError as err:
             raise loaded.source.locate(GraphError(f"cannot import `{name}`: {err}", where=("imports", index),
-                                                  expected="a module name or a .py file next to the graph"))
+                                                  expected="a module name or a .py file next to the graph")) from None
