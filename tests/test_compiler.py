@@ -9,6 +9,17 @@ from ktgraph.compile.format import format_plan
 from ktgraph.compile.plan import Term
 
 
+def crossed(cut: str, links: str) -> str:
+    """Two tiny networks cut into up/down after ``cut``, both cross paths, and ``links``."""
+    return f"""
+networks:
+  a: {{model: tiny_test, cuts: [{cut}], parts: [up, down]}}
+  b: {{model: tiny_test, cuts: [{cut}], parts: [up, down]}}
+crosses:
+  - {{kind: xml, networks: [a, b]}}
+links:{links}"""
+
+
 def term(name: str, trains: set[str], deps: set[str]) -> Term:
     return Term(link=name, kind="ce", node=name, source=None, target=name, weight=1.0, gate="through",
                 gate_length=80, trains=frozenset(trains), deps=frozenset(deps))
@@ -41,16 +52,10 @@ links:
 
 
 def test_unused_paths_and_cutoff_links_are_not_computed(batch):
-    built = Built("""
-networks:
-  a: {model: tiny_test, cuts: [block1], parts: [up, down]}
-  b: {model: tiny_test, cuts: [block1], parts: [up, down]}
-crosses:
-  - {kind: xml, networks: [a, b], cut: up}
-links:
+    built = Built(crossed("block1", """
   - {kind: ce, each: {i: [a, b]}, target: "{i}"}
   - {kind: ce, target: a-b, gate: cutoff}
-""")
+"""))
     assert built.plan.calls_of("b.down") == 1  # b.down(a.up(x)) only fed a cut-off link
     calls = {}
     hooks = [built.model.segments[s].register_forward_hook(lambda m, i, o, s=s: calls.update({s: calls.get(s, 0) + 1}))
@@ -62,16 +67,10 @@ links:
 
 
 def test_plan_text_shows_sharing_formulas_and_groups():
-    built = Built("""
-networks:
-  a: {model: tiny_test, cuts: [block1], parts: [up, down]}
-  b: {model: tiny_test, cuts: [block1], parts: [up, down]}
-crosses:
-  - {kind: xml, networks: [a, b]}
-links:
+    built = Built(crossed("block1", """
   - {kind: ce, target: a, weight: 0.5}
   - {kind: kl, source: b, target: a-b, T: 2, trains: [a.up], gate: linear}
-""")
+"""))
     text = format_plan(built.plan)
     assert "v1 = a.up(x)    # shared by 2 readers" in text
     assert "0.5 · through · CE(" in text
@@ -81,15 +80,9 @@ links:
 
 
 def test_bn_statistics_follow_own_path_only(batch):
-    built = Built("""
-networks:
-  a: {model: tiny_test, cuts: [stem], parts: [up, down]}
-  b: {model: tiny_test, cuts: [stem], parts: [up, down]}
-crosses:
-  - {kind: xml, networks: [a, b]}
-links:
+    built = Built(crossed("stem", """
   - {kind: ce, each: {i: [a, b, a-b, b-a]}, target: "{i}"}
-""")
+"""))
     x = batch[0]
     bn = built.net("a").block1[1]
     built.model.train()

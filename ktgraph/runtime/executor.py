@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +12,8 @@ from ..compile import INPUT, Aggregate, Plan, Term
 from ..nn.gates import GateContext, apply_gate
 from ..nn.losses import correct_mask, cross_entropy, feature_mimic, kl_divergence
 from .model import GraphModel
+
+V = TypeVar("V", Tensor, float)
 
 
 class Executor:
@@ -96,9 +99,9 @@ class Executor:
         """The value of every compiled link, keyed by link name."""
         return {t.link: self.term_loss(t, values, labels, ctx) for t in self.plan.terms}
 
-    def node_losses(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Each node's loss: the sum of its incoming links."""
-        nodes: dict[str, Tensor] = {}
+    def node_losses(self, losses: Mapping[str, V]) -> dict[str, V]:
+        """Each node's loss: the sum of its incoming links (tensors, or the floats logged)."""
+        nodes: dict[str, V] = {}
         for term in self.plan.terms:
             nodes[term.node] = nodes[term.node] + losses[term.link] if term.node in nodes else losses[term.link]
         return nodes

@@ -15,7 +15,7 @@ import yaml
 from ..graph import KTGraph, build_graph
 from ..spec import load_spec
 from ..spec.imports import import_user_modules
-from .report import accuracy_rows, accuracy_table
+from .summary import accuracy_rows, accuracy_table
 from .trainer import Trainer
 
 CONFIG = "config.yaml"

@@ -198,38 +198,40 @@ class Trainer:
             for only in passes:
                 with self._autocast():
                     losses = executor.losses(executor.forward(images), labels, ctx)
-                self._check_finite(losses, epoch, batch_index)
+                # One device-to-host copy per step serves the finiteness check and the logs.
+                values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+                self._check_finite(values, epoch, batch_index)
                 optimizer.zero_grad(set_to_none=True)
                 executor.backward(losses, scaler.scale, only)
                 scaler.step(optimizer)
                 scaler.update()
             scheduler.step()
-            for name, value in losses.items():
-                sums[name] += value.item()
-            for node, value in executor.node_losses(losses).items():
-                node_sums[node] += value.item()
+            for name, value in values.items():
+                sums[name] += value
+            for node, value in executor.node_losses(values).items():
+                node_sums[node] += value
             if self.progress_bar:
-                bar.set_postfix(loss=f"{sum(v.item() for v in losses.values()):.3f}")
+                bar.set_postfix(loss=f"{sum(values.values()):.3f}")
         batches = max(len(loader), 1)
         return {"links": {k: v / batches for k, v in sums.items()},
                 "node_loss": {k: v / batches for k, v in node_sums.items()}}
 
-    def _check_finite(self, losses: dict[str, torch.Tensor], epoch: int, batch: int) -> None:
-        for name, value in losses.items():
-            if not torch.isfinite(value).all():
+    def _check_finite(self, values: dict[str, float], epoch: int, batch: int) -> None:
+        for name, value in values.items():
+            if not math.isfinite(value):
                 where = (f"the last good checkpoint is {self.run_dir / CHECKPOINT}"
                          if (self.run_dir / CHECKPOINT).exists() else "no checkpoint was written yet")
-                raise TrainingError(f"link `{name}` gave a non-finite loss ({value.item()}) at epoch {epoch + 1}, "
+                raise TrainingError(f"link `{name}` gave a non-finite loss ({value}) at epoch {epoch + 1}, "
                                     f"batch {batch + 1}; {where}. Lower the learning rate or check the link's "
                                     "weight and temperature")
 
     def _evaluate(self) -> dict[str, Any]:
-        size = self.train_spec.eval_batch_size
-        results = {"test": evaluate(self.eval_executor, make_loader(self.data.test, size), self.device,
-                                    self.data.num_classes)}
-        if self.data.val is not None:
-            results["val"] = evaluate(self.eval_executor, make_loader(self.data.val, size), self.device,
-                                      self.data.num_classes)
+        splits = {"test": self.data.test, "val": self.data.val}
+        results = {}
+        for name, dataset in splits.items():
+            if dataset is not None:
+                loader = make_loader(dataset, self.train_spec.eval_batch_size, num_workers=self.spec.data.num_workers)
+                results[name] = evaluate(self.eval_executor, loader, self.device, self.data.num_classes)
         return results
 
     def _record(self, stage: StageSpec, epoch: int, results: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ from ..graph import KTGraph
 from .evaluate import evaluate, make_loader
 from .executor import Executor
 from .model import GraphModel
-from .report import node_kind, node_route
+from .summary import node_kind, node_route
 
 CSV_NAME = "xross.csv"
 MARKDOWN_NAME = "xross.md"
@@ -328,12 +328,14 @@ def load_run(run_dir: str | Path, *, device: str | torch.device | None = None,
 def xross_table(run_dir: str | Path, *, split: str = "test", progress: bool = True,
                 batch_size: int | None = None, warmup: int = 2, repeats: int = 10,
                 max_seconds: float | None = 2.0, device: str | torch.device | None = None,
-                allow_imports: bool = False, run: LoadedRun | None = None) -> list[Row]:
+                allow_imports: bool = False, run: LoadedRun | None = None,
+                accuracy: dict[str, dict[str, float]] | None = None) -> list[Row]:
     """Evaluate every path, aggregate and ensemble of a run's last checkpoint, with its costs.
 
     ``split`` is ``test`` or ``val``; ``batch_size`` (default ``train.eval_batch_size``)
     is used for evaluation and latency; ``repeats=0`` skips the latency measurement;
-    ``run`` reuses an already loaded run (see :func:`load_run`).
+    ``run`` reuses an already loaded run (see :func:`load_run`); ``accuracy`` reuses
+    the split's accuracies of the last epoch when the caller already has them.
     """
     from .run import CONFIG, load_graph
 
@@ -353,10 +355,12 @@ def xross_table(run_dir: str | Path, *, split: str = "test", progress: bool = Tr
     batch_size = batch_size or graph.spec.train.eval_batch_size
     plan = eval_plan(model, graph)
     nodes = row_nodes(graph, plan)
-    executor = Executor(replace(plan, outputs={n: plan.outputs[n] for n in nodes}), model)
-    loader = make_loader(dataset, batch_size)
-    batches = tqdm(loader, desc=f"evaluating on {split}", leave=False, disable=not progress, dynamic_ncols=True)
-    accuracy = evaluate(executor, batches, run.device, data.num_classes)
+    if accuracy is None or not set(nodes) <= set(accuracy):
+        executor = Executor(replace(plan, outputs={n: plan.outputs[n] for n in nodes}), model)
+        loader = make_loader(dataset, batch_size)
+        batches = tqdm(loader, desc=f"evaluating on {split}", leave=False, disable=not progress,
+                       dynamic_ncols=True)
+        accuracy = evaluate(executor, batches, run.device, data.num_classes)
     best = best_epochs(run.run_dir, split, run.position)
     rows = []
     for node in tqdm(nodes, desc="measuring costs", leave=False, disable=not progress, dynamic_ncols=True):
@@ -381,7 +385,9 @@ def tables_after_training(trainer: Any, *, progress: bool = True, echo=print, **
     tables and returns the rows; ``options`` go to :func:`xross_table`.
     """
     run = LoadedRun(Path(trainer.run_dir), trainer.graph, trainer.data, trainer.model, trainer.device)
-    rows = xross_table(trainer.run_dir, progress=progress, run=run, **options)
+    # The last epoch was just evaluated on test: its accuracies are the table's "last".
+    last = {node: entry["test"] for node, entry in trainer.state.last.items()}
+    rows = xross_table(trainer.run_dir, progress=progress, run=run, accuracy=last, **options)
     write_tables(rows, trainer.run_dir)
     echo(format_tables(rows))
     return rows
