@@ -4,7 +4,7 @@ Setup (METHODS.md, "Xross Mutual Learning"): two CIFAR-stem torchvision ResNet-1
 (100 classes, 32x32 inputs) cut after ``layer2`` into ``up`` and ``down``, K = 2, the
 link set of ``graphs/xml.yaml`` (every weight 1/2). Random data with a fixed seed.
 
-(a) plan: ``GraphModel`` + ``compile_plan`` + ``Executor``, one step done as the
+(a) plan: ``bind`` + ``compile_program`` + ``Executor``, one step done as the
     trainer does it: forward, losses, zero_grad, backward (one per gradient group), SGD step.
 (b) hand: a second, identically initialised copy of the two networks, the six forwards
     up1, up2, down1(up1), down2(up2), down2(up1), down1(up2) written with the torchvision
@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ktgraph.compile import compile_plan
-from ktgraph.nn.gates import GateContext
-from ktgraph.runtime.executor import Executor
-from ktgraph.runtime.model import GraphModel
-from ktgraph.runtime.run import load_graph
+from ktgraph.app.load import load_graph
+from ktgraph.bind import bind
+from ktgraph.compile import compile_program
+from ktgraph.kinds import GateContext
+from ktgraph.runtime import Executor
 from ktgraph.zoo import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +55,10 @@ OVERRIDES = [
 class PlanStep:
     def __init__(self, device: torch.device) -> None:
         self.graph = load_graph(ROOT / "graphs" / "xml.yaml", OVERRIDES)
-        self.model = GraphModel(self.graph, NUM_CLASSES, SHAPE).to(device)
+        bound = bind(self.graph, NUM_CLASSES, SHAPE)
+        self.model = bound.modules.to(device)
         self.model.train()
-        self.plan = compile_plan(self.graph, adapters=self.model.adapter_keys, regressors=self.model.regressor_keys)
+        self.plan = compile_program(bound).stages[0]
         self.ex = Executor(self.plan, self.model)  # bn_stats="own", the trainer's default
         self.opt = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
         self.ctx = GateContext()
@@ -66,7 +67,7 @@ class PlanStep:
         return dict(self.model.networks.items())
 
     def forward_backward(self, x: Tensor, y: Tensor) -> Tensor:
-        values = self.ex.forward(x)
+        values = self.ex.forward(x, y, self.ctx)
         losses = self.ex.losses(values, y, self.ctx)
         self.opt.zero_grad(set_to_none=True)
         self.ex.backward(losses)

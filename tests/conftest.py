@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from ktgraph.compile import compile_plan
+from ktgraph.bind import bind
+from ktgraph.compile import compile_program
 from ktgraph.graph import build_graph
-from ktgraph.runtime import Executor, GraphModel
-from ktgraph.spec import parse_yaml, validate
-from ktgraph.spec.loader import LoadedGraph
+from ktgraph.runtime import Executor
+from ktgraph.spec import load_document, parse_yaml
 from ktgraph.zoo import is_model, register_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,17 +43,23 @@ NUM_CLASSES = 5
 SHAPE = (3, 8, 8)
 
 
-class Built:
-    """A graph compiled and ready to run, from YAML text."""
+def load_text(text: str, overrides: tuple[str, ...] = ()):
+    """A graph resolved from YAML text."""
+    raw, source = parse_yaml(textwrap.dedent(text), "<test>")
+    return build_graph(load_document(raw, source, overrides))
 
-    def __init__(self, text: str, frozen: set[str] | None = None) -> None:
-        raw, source = parse_yaml(textwrap.dedent(text), "<test>")
-        spec = validate(raw, source)
-        self.graph = build_graph(LoadedGraph(spec, source, raw))
+
+class Built:
+    """A graph bound, compiled and ready to run (its first stage's plan), from YAML text."""
+
+    def __init__(self, text: str) -> None:
+        self.graph = load_text(text)
         torch.manual_seed(0)
-        self.model = GraphModel(self.graph, NUM_CLASSES, SHAPE)
-        self.plan = compile_plan(self.graph, adapters=self.model.adapter_keys,
-                                 regressors=self.model.regressor_keys, frozen=frozen or set())
+        self.bound = bind(self.graph, NUM_CLASSES, SHAPE)
+        self.model = self.bound.modules
+        self.program = compile_program(self.bound)
+        self.plan = self.program.stages[0]
+        self.model.set_fixed(self.plan.fixed)
         self.executor = Executor(self.plan, self.model)
 
     def net(self, name: str) -> nn.Module:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 
 from conftest import Built
-from ktgraph.compile import gradient_groups
+from ktgraph.compile import Term, gradient_groups
 from ktgraph.compile.format import format_plan
-from ktgraph.compile.plan import Term
+from ktgraph.graph import SegmentId
+from ktgraph.kinds import GATES, LINKS
 
 
 def crossed(cut: str, links: str) -> str:
@@ -20,19 +21,23 @@ crosses:
 links:{links}"""
 
 
+def ids(*names: str) -> frozenset[SegmentId]:
+    return frozenset(SegmentId(*name.split(".")) for name in names)
+
+
 def term(name: str, trains: set[str], deps: set[str]) -> Term:
-    return Term(link=name, kind="ce", node=name, source=None, target=name, weight=1.0, gate="through",
-                gate_length=80, trains=frozenset(trains), deps=frozenset(deps))
+    return Term(link=name, node=name, loss=LINKS["ce"](), gate=GATES["through"](), weight=1.0, target=name,
+                source=None, trains=ids(*trains), deps=ids(*deps))
 
 
 def test_groups_merge_only_when_exact():
     own = term("own", {"a.up", "a.down"}, {"a.up", "a.down"})
     up = term("up", {"a.up"}, {"a.up", "b.down"})
     other = term("other", {"b.up", "b.down"}, {"b.up", "b.down"})
-    groups = gradient_groups([own, up, other])
+    groups = gradient_groups((own, up, other))
     assert {g.trains: set(g.terms) for g in groups} == {
-        frozenset({"a.up", "a.down"}): {"own", "up"},
-        frozenset({"b.up", "b.down"}): {"other"},
+        ids("a.up", "a.down"): {"own", "up"},
+        ids("b.up", "b.down"): {"other"},
     }
     # up's loss depends on b.down, which the b group trains: never merged with it.
     assert all(not ({"up", "other"} <= set(g.terms)) for g in groups)
@@ -47,8 +52,8 @@ links:
   - {kind: kl, source: b, target: a, detach: false}
 """)
     (t,) = built.plan.terms
-    assert t.trains == frozenset({"a.p1"})  # default: the target's own parameters
-    assert t.deps == frozenset({"a.p1", "b.p1"})
+    assert t.trains == ids("a.p1")  # default: the target's own parameters
+    assert t.deps == ids("a.p1", "b.p1")
 
 
 def test_unused_paths_and_cutoff_links_are_not_computed(batch):
@@ -56,10 +61,11 @@ def test_unused_paths_and_cutoff_links_are_not_computed(batch):
   - {kind: ce, each: {i: [a, b]}, target: "{i}"}
   - {kind: ce, target: a-b, gate: cutoff}
 """))
-    assert built.plan.calls_of("b.down") == 1  # b.down(a.up(x)) only fed a cut-off link
+    assert built.plan.calls_of(SegmentId("b", "down")) == 1  # b.down(a.up(x)) only fed a cut-off link
     calls = {}
-    hooks = [built.model.segments[s].register_forward_hook(lambda m, i, o, s=s: calls.update({s: calls.get(s, 0) + 1}))
-             for s in built.model.segments]
+    hooks = [segment.owned()[0][1].register_forward_hook(
+        lambda m, i, o, s=str(sid): calls.update({s: calls.get(s, 0) + 1}))
+        for sid, segment in built.model.segments.items()]  # the first module each segment runs
     built.executor.forward(batch[0])
     for h in hooks:
         h.remove()

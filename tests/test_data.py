@@ -28,6 +28,7 @@ def make_spec(**fields: object) -> SimpleNamespace:
         val_split=0.0,
         limit_train=None,
         limit_test=None,
+        num_classes=None,
     )
     return SimpleNamespace(**{**defaults, **fields})
 
@@ -38,7 +39,7 @@ def stack(dataset: torch.utils.data.Dataset) -> tuple[torch.Tensor, torch.Tensor
 
 
 def test_datasets_names() -> None:
-    assert DATASETS == ("digits", "cifar10", "cifar100", "image_folder")
+    assert tuple(DATASETS) == ("digits", "cifar10", "cifar100", "image_folder")
 
 
 # --- digits -----------------------------------------------------------------

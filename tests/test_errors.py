@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ktgraph.cli import main
+from ktgraph.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKEN = ROOT / "tests" / "broken"

@@ -7,20 +7,20 @@ import pytest
 import torch
 
 from conftest import Built
-from ktgraph.nn.gates import GateContext, apply_gate, ramp_weight
-from ktgraph.nn.losses import correct_mask, cross_entropy, feature_mimic, kl_divergence
+from ktgraph.kinds import GATES, GateContext, correct_mask, ramp_weight
+from ktgraph.kinds.losses import cross_entropy, feature_mimic, kl_divergence
 
 LOSSES = torch.tensor([1.0, 2.0, 3.0, 6.0])
 
 
 def test_through_is_the_mean():
-    assert apply_gate("through", LOSSES, GateContext()).item() == pytest.approx(3.0)
+    assert GATES["through"]().reduce(LOSSES, GateContext()).item() == pytest.approx(3.0)
 
 
 def test_linear_scales_by_iteration_over_total():
     ctx = GateContext(iteration=25, total_iterations=100)
-    assert apply_gate("linear", LOSSES, ctx).item() == pytest.approx(0.25 * 3.0)
-    assert apply_gate("linear", LOSSES, GateContext(100, 100)).item() == pytest.approx(3.0)
+    assert GATES["linear"]().reduce(LOSSES, ctx).item() == pytest.approx(0.25 * 3.0)
+    assert GATES["linear"]().reduce(LOSSES, GateContext(100, 100)).item() == pytest.approx(3.0)
 
 
 def test_correct_masks_and_divides_by_the_full_batch():
@@ -28,7 +28,7 @@ def test_correct_masks_and_divides_by_the_full_batch():
     labels = torch.tensor([0, 0, 0, 1])  # the source is right on samples 0, 2 and 3
     mask = correct_mask(source, labels)
     assert mask.tolist() == [1.0, 0.0, 1.0, 1.0]
-    assert apply_gate("correct", LOSSES, GateContext(), mask).item() == pytest.approx((1 + 3 + 6) / 4)
+    assert GATES["correct"]().reduce(LOSSES, GateContext(), mask).item() == pytest.approx((1 + 3 + 6) / 4)
 
 
 def test_ramp_is_the_okddip_schedule():
@@ -36,7 +36,7 @@ def test_ramp_is_the_okddip_schedule():
     assert ramp_weight(40, 80) == pytest.approx(math.exp(-5 * 0.25))
     assert ramp_weight(80, 80) == 1.0 and ramp_weight(200, 80) == 1.0
     ctx = GateContext(epoch=40)
-    assert apply_gate("ramp", LOSSES, ctx, length=80).item() == pytest.approx(3.0 * math.exp(-1.25))
+    assert GATES["ramp"](length=80).reduce(LOSSES, ctx).item() == pytest.approx(3.0 * math.exp(-1.25))
 
 
 def test_kl_is_t_squared_batchmean_in_the_documented_direction():

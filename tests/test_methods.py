@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import Built
-from ktgraph.nn.gates import GateContext
+from ktgraph.graph import SegmentId
+from ktgraph.kinds import GateContext
 
 TOL = 1e-5
 
@@ -146,8 +147,8 @@ def test_xml_matches_reference(batch, nets):
 def test_xml_shares_up_halves():
     nets = ["n1", "n2", "n3"]
     plan = Built(xml_yaml(nets)).plan
-    assert [plan.calls_of(f"{n}.up") for n in nets] == [1, 1, 1]  # K up-half forwards, not K^2
-    assert [plan.calls_of(f"{n}.down") for n in nets] == [3, 3, 3]
+    assert [plan.calls_of(SegmentId(n, "up")) for n in nets] == [1, 1, 1]  # K up-half forwards, not K^2
+    assert [plan.calls_of(SegmentId(n, "down")) for n in nets] == [3, 3, 3]
 
 
 MULTI = """
@@ -257,7 +258,7 @@ networks:
 links:
   - {kind: ce, target: student, weight: 0.1}
   - {kind: kl, source: teacher, target: student, T: 4, weight: 0.9}
-""", frozen={"teacher"})
+""")
     losses, grads = run(built, x, y)
     zs, zt = built.net("student")(x), built.net("teacher")(x)
     ref = 0.1 * F.cross_entropy(zs, y) + 0.9 * kl(zt, zs, T=4)
@@ -277,13 +278,13 @@ links:
   - {kind: mimic, source: teacher.body, target: student.body, loss: mse, weight: 100}
 """)
     losses, grads = run(built, x, y)
-    reg = built.model.module("regressor:mimic:teacher.body->student.body")
+    reg = built.model.module(built.bound.regressors["mimic:teacher.body->student.body"])
     s_body, _ = parts(built, "student", "block2")
     t_body, _ = parts(built, "teacher", "block2")
     mimic = 100 * F.mse_loss(reg(s_body(x)), t_body(x).detach())
     torch.testing.assert_close(losses["mimic:teacher.body->student.body"], mimic, atol=TOL, rtol=0)
     assert all(g is None for n, g in grads.items() if n.startswith("networks.teacher"))
-    assert grads["regressors.regressor:mimic:teacher:body->student:body.0.weight"] is not None
+    assert grads["regressors.student:body>teacher:body.0.weight"] is not None
 
 
 def test_alternating_updates_follow_the_dml_schedule(batch):
@@ -303,7 +304,7 @@ links:
 """)
     ref_a, ref_b = copy.deepcopy(built.net("a")), copy.deepcopy(built.net("b"))
     passes = update_passes(built.graph, built.plan)
-    assert passes == [frozenset({"a.p1"}), frozenset({"b.p1"})]
+    assert passes == [frozenset({SegmentId("a", "p1")}), frozenset({SegmentId("b", "p1")})]
     optimizer = torch.optim.SGD(built.model.parameters(), lr=0.5)
     for only in passes:
         losses = built.executor.losses(built.executor.forward(x), y, GateContext())

@@ -10,16 +10,18 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from ktgraph.cli import main
-from ktgraph.compile import stage_plans
-from ktgraph.compile.plan import Aggregate
+from ktgraph.app.cli import main, titled_plans
+from ktgraph.app.load import load_graph
+from ktgraph.app.render import Details
+from ktgraph.compile import Aggregate
+from ktgraph.compile.format import display_names
 from ktgraph.errors import GraphError
-from ktgraph.graph import build_graph
-from ktgraph.runtime.run import load_graph
-from ktgraph.spec import parse_yaml, validate
-from ktgraph.spec.loader import LoadedGraph
+from ktgraph.graph import AdapterId, RegressorId, SegmentId, build_graph
+from ktgraph.runtime import prepare
+from ktgraph.spec import load_document, parse_yaml
 
-viz = importlib.import_module("ktgraph.viz.render")  # the module; `ktgraph.viz.render` is also the function
+viz = importlib.import_module("ktgraph.app.render")
+dot = importlib.import_module("ktgraph.app.render.dot")
 
 GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))
 EXPECTED = Path(__file__).parent / "expected"
@@ -53,17 +55,17 @@ stages:
   - {name: first, epochs: 1, links: ["ce:a"]}
   - {name: second, epochs: 1, links: ["kl:a->b"], freeze: [a]}
 """
-SMALL_DETAILS = {
-    "adapters": ["a.up>b.down"],
-    "regressors": ["regressor:mimic:a.up->b.up"],
-    "segment_stages": {"a.up": ("stem", "layer1", "layer2"), "a.down": ("layer3", "head"),
-                       "b.up": ("stem", "layer1", "layer2"), "b.down": ("layer3", "head")},
-}
+A_UP, A_DOWN, B_UP, B_DOWN = (SegmentId(n, p) for n in "ab" for p in ("up", "down"))
+STAGES = {A_UP: ("stem", "layer1", "layer2"), A_DOWN: ("layer3", "head"),
+          B_UP: ("stem", "layer1", "layer2"), B_DOWN: ("layer3", "head")}
+SMALL_DETAILS = Details(adapters={AdapterId(A_UP, B_DOWN): "conv1x1_relu"},
+                        regressors={"mimic:a.up->b.up": (RegressorId("b.up", "a.up"), "conv_bn_relu")},
+                        segment_stages=STAGES)
 
 
 def small_graph():
     raw, source = parse_yaml(textwrap.dedent(SMALL), "small.yaml")
-    return build_graph(LoadedGraph(validate(raw, source), source, raw))
+    return build_graph(load_document(raw, source))
 
 
 def svg_content(path: Path) -> tuple[set[str], str]:
@@ -81,24 +83,25 @@ def test_every_graph_renders_to_svg(path: Path, tmp_path: Path):
     out = viz.render(viz.graph_dot(graph), tmp_path / "graph.svg", "svg")
     titles, text = svg_content(out)
     for name, net in graph.networks.items():
-        assert f"cluster_{name}" in titles and f"{name} ({net.spec.model})" in text
+        assert f"cluster_{name}" in titles and f"{name} ({net.model})" in text
     for segment in graph.segments:
-        assert segment in titles
+        assert str(segment) in titles
     for name in graph.paths:
         assert name in titles
     for link in graph.links:
         assert f"link:{link.name}" in text
 
-    plans = stage_plans(graph, title=path.name)
+    plans = titled_plans(prepare(graph, with_data=False), path.name)
     out = viz.render(viz.plans_dot(plans), tmp_path / "plan.svg", "svg")
     titles, text = svg_content(out)
     prefixes = [""] if len(plans) == 1 else [f"s{i}/" for i in range(1, len(plans) + 1)]
     for prefix, (_, plan) in zip(prefixes, plans):
+        names = display_names(plan)
         for step in plan.steps:
             if isinstance(step, Aggregate):
                 assert all(f"{prefix}agg#{out}" in titles for out in step.outs)
             else:
-                assert prefix + plan.names[step.out] in titles and step.module in text
+                assert prefix + names[step.out] in titles and str(step.module) in text
         for term in plan.terms:
             assert f"L[{term.node}] += {term.link}" in text
         for i, group in enumerate(plan.groups, 1):
@@ -106,18 +109,17 @@ def test_every_graph_renders_to_svg(path: Path, tmp_path: Path):
 
 
 def test_small_graph_dot_is_stable():
-    dot = viz.graph_dot(small_graph(), **SMALL_DETAILS)
+    drawn = viz.graph_dot(small_graph(), SMALL_DETAILS)
     expected = (EXPECTED / "small.dot").read_text(encoding="utf-8")
-    assert dot.source == expected, "regenerate tests/expected/small.dot if the change is intended"
-    # Same input, same text: ids and statement order do not depend on set iteration.
-    again = viz.graph_dot(small_graph(), adapters=set(SMALL_DETAILS["adapters"]),
-                          regressors=set(SMALL_DETAILS["regressors"]),
-                          segment_stages=SMALL_DETAILS["segment_stages"])
+    assert drawn.source == expected, "regenerate tests/expected/small.dot if the change is intended"
+    # Same input, same text: ids and statement order do not depend on the order details are given in.
+    again = viz.graph_dot(small_graph(), Details(dict(SMALL_DETAILS.adapters), dict(SMALL_DETAILS.regressors),
+                                                 dict(reversed(list(STAGES.items())))))
     assert again.source == expected
 
 
 def test_small_graph_draws_adapter_regressor_and_links():
-    source = viz.graph_dot(small_graph(), **SMALL_DETAILS).source
+    source = viz.graph_dot(small_graph(), SMALL_DETAILS).source
     assert '"adapter#a.up>b.down" [label="1x1 conv+ReLU"' in source
     assert '"a.up" -> "adapter#a.up>b.down"' in source and '"adapter#a.up>b.down" -> "b.down"' in source
     assert '"regressor#1"' in source and '"regressor#1" -> "b.up"' in source
@@ -154,7 +156,7 @@ def test_cli_renders_graph_and_plan(tmp_path: Path, monkeypatch, capsys):
 
 def test_missing_renderer_is_a_graph_error(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
-    monkeypatch.setattr(viz, "_graphviz_pure_binary", lambda: None)
+    monkeypatch.setattr(dot, "_graphviz_pure_binary", lambda: None)
     with pytest.raises(GraphError, match="no Graphviz renderer"):
         viz.render(viz.graph_dot(small_graph()), tmp_path / "small.svg", "svg")
     assert not (tmp_path / "small.svg").exists()
@@ -164,5 +166,5 @@ def test_missing_renderer_is_a_graph_error(tmp_path: Path, monkeypatch):
 
 
 def test_graphviz_pure_binary_is_found():
-    found = viz._graphviz_pure_binary()
+    found = dot._graphviz_pure_binary()
     assert found is not None and Path(found).name.startswith("graphviz-pure")

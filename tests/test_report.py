@@ -13,10 +13,16 @@ import pytest
 
 from conftest import ROOT
 from ktgraph.errors import GraphError
-from ktgraph.report import (TensorBoardLogger, pareto_front, plot_curves, plot_pareto, plot_xross_heatmap,
-                            read_xross, write_plots, write_report)
-from ktgraph.report.__main__ import main as report_main
-from ktgraph.report.markdown import links_in
+from ktgraph.app.cli import main
+from ktgraph.app.report import (TensorBoardLogger, plot_curves, plot_pareto, plot_xross_heatmap, write_plots,
+                                write_report)
+from ktgraph.app.report.markdown import links_in
+from ktgraph.app.tables import pareto_indices as pareto_front
+from ktgraph.runtime import RunDir
+
+
+def read_xross(run_dir):
+    return RunDir(run_dir).read_xross()
 
 NODES = ["net1", "net2", "net1-net2", "net2-net1", "mean(networks)"]
 HEADER = "node,kind,parts,segments,params,macs,latency_ms,batch_size,top1_last,top5_last,top1_best,best_epoch\n"
@@ -245,7 +251,7 @@ def test_report_without_xross_md_tabulates_the_csv(tmp_path):
 def test_report_of_a_missing_directory_is_a_graph_error(tmp_path):
     with pytest.raises(GraphError, match="not a run directory"):
         write_report(tmp_path / "nope")
-    assert report_main([str(tmp_path / "nope")]) == 2
+    assert main(["report", str(tmp_path / "nope")]) == 2
 
 
 def test_xross_rows_are_read_with_the_writer_s_reader(tmp_path):
@@ -286,8 +292,6 @@ def test_tensorboard_missing_is_a_graph_error(tmp_path, monkeypatch):
 
 # --- end to end ----------------------------------------------------------------------------
 def test_report_of_a_real_tiny_run(tmp_path, capsys):
-    from ktgraph.cli import main
-
     out = tmp_path / "run"
     assert main(["run", str(ROOT / "graphs/multi_xross.yaml"), "--out", str(out), "--no-progress",
                  "train.epochs=1", "data.limit_train=16", "data.limit_test=16", "data.image_size=16",

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from ktgraph.cli import main
-from ktgraph.runtime.run import load_graph
+from ktgraph.app.cli import main
+from ktgraph.app.load import load_graph
+from ktgraph.runtime import prepare
 from ktgraph.runtime.trainer import Trainer
 
 QUICK = ["data.limit_train=96", "data.limit_test=40", "data.image_size=16", "train.batch_size=32",
@@ -91,7 +92,7 @@ train: {epochs: 1}
 """)
     out = tmp_path / "run"
     assert main(["run", str(graph), "--out", str(out), "--no-progress", *QUICK]) == 0
-    fresh = Trainer(load_graph(graph, QUICK), tmp_path / "fresh", progress_bar=False).model.state_dict()
+    fresh = prepare(load_graph(graph, QUICK)).modules.state_dict()
     trained = torch.load(out / "checkpoints/last.pt", weights_only=True)["model"]
     teacher = [k for k in fresh if k.startswith("networks.teacher.")]
     assert teacher and all(torch.equal(fresh[k], trained[k]) for k in teacher)  # BN statistics included

@@ -16,13 +16,17 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import ROOT
-from ktgraph.cli import main
+from ktgraph.app.cli import main
+from ktgraph.app.load import load_graph, load_run
+from ktgraph.app.pick import pareto_front, pick_path
+from ktgraph.app.tables import format_tables
+from ktgraph.app.xross import best_epochs
 from ktgraph.errors import GraphError
-from ktgraph.runtime import Executor, GraphModel
-from ktgraph.runtime.export import export_module, pareto_front, path_module, pick_path
-from ktgraph.runtime.run import load_graph
-from ktgraph.runtime.xross import (CSV_COLUMNS, Row, best_epochs, eval_plan, format_tables, load_run, node_kind,
-                                   node_plan, path_macs, path_params, read_csv)
+from ktgraph.graph import SegmentId
+from ktgraph.runtime import Executor, Job, RunDir, prepare
+from ktgraph.runtime.export import export_module, path_module
+from ktgraph.runtime.measure import Row, node_macs, node_params, node_plan
+from ktgraph.runtime.rundir import XROSS_COLUMNS
 
 QUICK = ["data.limit_train=96", "data.limit_test=40", "data.image_size=16", "train.epochs=1",
          "train.batch_size=32", "train.eval_batch_size=16"]
@@ -34,10 +38,23 @@ def numel(*modules: torch.nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def untrained(graph_file: Path | str, *overrides: str) -> tuple:
-    graph = load_graph(graph_file, ["data.image_size=16", *overrides])
-    torch.manual_seed(0)
-    return graph, GraphModel(graph, 10, (3, 16, 16)).eval()
+def untrained(graph_file: Path | str, *overrides: str) -> Job:
+    """A graph's job without data (digits: 10 classes) and untrained modules, at 16x16."""
+    job = prepare(load_graph(graph_file, ["data.image_size=16", *overrides]), with_data=False)
+    job.modules.eval()
+    return job
+
+
+def read_csv(path: Path) -> list[Row]:
+    return RunDir(path.parent).read_xross()
+
+
+def path_params(job: Job, node: str) -> int:
+    return node_params(job.modules, node_plan(job.program.eval, job.graph, node))
+
+
+def path_macs(job: Job, node: str) -> int:
+    return node_macs(job.modules, node_plan(job.program.eval, job.graph, node), job.input_shape)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,17 +90,17 @@ def xml():
 
 # --- costs, without training --------------------------------------------------------------------
 def test_params_of_a_cross_path_equal_a_count_by_hand(xml):
-    graph, model = xml
+    model = xml.modules
     net1, net2 = model.networks["net1"], model.networks["net2"]
     # net1-net2 = net1.up (stem + layer1 + layer2) > net2.down (layer3 + avgpool + fc); no adapter (32 channels both).
     by_hand = numel(net1.conv1, net1.bn1, net1.layer1, net1.layer2, net2.layer3, net2.avgpool, net2.fc)
-    assert not model.adapter_keys
-    assert path_params(model, graph, "net1-net2") == by_hand
+    assert not xml.bound.adapters
+    assert path_params(xml, "net1-net2") == by_hand
     for name, net in model.networks.items():
-        assert path_params(model, graph, name) == numel(net)
+        assert path_params(xml, name) == numel(net)
     both = numel(net1) + numel(net2)
-    assert path_params(model, graph, "mean(networks)") == both
-    assert path_params(model, graph, "mean(paths)") == both  # every parameter once, though used twice
+    assert path_params(xml, "mean(networks)") == both
+    assert path_params(xml, "mean(paths)") == both  # every parameter once, though used twice
 
 
 def test_params_count_the_adapters_at_junctions(tmp_path):
@@ -100,22 +117,22 @@ aggregators:
 links:
   - {kind: ce, each: {i: [net1, net2]}, target: "{i}"}
 """)
-    graph, model = untrained(spec)
-    net1, net2 = model.networks["net1"], model.networks["net2"]
-    assert model.adapter_keys == {"net1.up>net2.down", "net2.up>net1.down"}
+    job = untrained(spec)
+    net1, net2 = job.modules.networks["net1"], job.modules.networks["net2"]
+    assert {str(a) for a in job.bound.adapters} == {"net1.up>net2.down", "net2.up>net1.down"}
     adapter_32_to_64 = 32 * 64 + 64  # 1x1 conv with bias: resnet8 gives 32 channels, wrn16_2's layer3 takes 64
     up1 = numel(net1.conv1, net1.bn1, net1.layer1, net1.layer2)
     down2 = numel(net2.layer3, net2.bn, net2.fc)
-    assert path_params(model, graph, "net1-net2") == up1 + adapter_32_to_64 + down2
-    assert path_params(model, graph, "mean(paths)") == numel(net1) + numel(net2) + 32 * 64 + 64 + 64 * 32 + 32
-    assert node_kind(graph, "avg") == "aggregate"
-    assert path_params(model, graph, "avg") == numel(net1) + adapter_32_to_64 + down2  # net1.up counted once
-    module = path_module(model, graph, "net1-net2")
+    assert path_params(job, "net1-net2") == up1 + adapter_32_to_64 + down2
+    assert path_params(job, "mean(paths)") == numel(net1) + numel(net2) + 32 * 64 + 64 + 64 * 32 + 32
+    assert job.graph.node_kind("avg") == "aggregate"
+    assert path_params(job, "avg") == numel(net1) + adapter_32_to_64 + down2  # net1.up counted once
+    module = path_module(job.bound, "net1-net2")
     assert len(module) == 3 and numel(module) == up1 + adapter_32_to_64 + down2
 
 
 def test_macs_of_own_paths_equal_the_flop_counter_on_the_network(xml):
-    graph, model = xml
+    model = xml.modules
     x = torch.zeros(1, 3, 16, 16)
 
     def macs(fn) -> int:
@@ -124,20 +141,20 @@ def test_macs_of_own_paths_equal_the_flop_counter_on_the_network(xml):
         return counter.get_total_flops() // 2
 
     whole = {name: macs(net) for name, net in model.networks.items()}
-    ups = {name: macs(model.segments[f"{name}.up"]) for name in model.networks}
+    ups = {name: macs(model.segments[SegmentId(name, "up")]) for name in model.networks}
     for name in model.networks:
-        assert path_macs(model, graph, name, (3, 16, 16)) == whole[name] > 0
-    assert path_macs(model, graph, "mean(networks)") == whole["net1"] + whole["net2"]
+        assert path_macs(xml, name) == whole[name] > 0
+    assert path_macs(xml, "mean(networks)") == whole["net1"] + whole["net2"]
     # Each distinct segment call once: the cross paths reuse the networks' up-halves.
-    crosses = path_macs(model, graph, "net1-net2") + path_macs(model, graph, "net2-net1")
-    assert path_macs(model, graph, "mean(paths)") == whole["net1"] + whole["net2"] + crosses - ups["net1"] - ups["net2"]
+    crosses = path_macs(xml, "net1-net2") + path_macs(xml, "net2-net1")
+    assert path_macs(xml, "mean(paths)") == whole["net1"] + whole["net2"] + crosses - ups["net1"] - ups["net2"]
 
 
 def test_a_node_plan_runs_only_what_the_node_needs(loaded):
-    graph, model = loaded.graph, loaded.model
-    plan = eval_plan(model, graph)
-    sub = node_plan(plan, "net1-net2-net2")
-    assert [s.module for s in sub.steps] == ["net1.p1", "net2.p2", "net2.p3"]
+    graph, model = loaded.job.graph, loaded.job.modules
+    plan = loaded.job.program.eval
+    sub = node_plan(plan, graph, "net1-net2-net2")
+    assert [str(s.module) for s in sub.steps] == ["net1.p1", "net2.p2", "net2.p3"]
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         full = Executor(plan, model).outputs(Executor(plan, model).forward(x))["net1-net2-net2"]
@@ -160,10 +177,10 @@ def test_every_path_and_ensemble_has_a_row(run_dir):
 
 def test_top1_of_an_own_path_equals_a_plain_evaluation(run_dir, loaded):
     rows = {r.node: r for r in read_csv(run_dir / "xross.csv")}
-    network = loaded.model.networks["net2"].eval()
+    network = loaded.job.modules.networks["net2"].eval()
     correct = total = 0
     with torch.no_grad():
-        for images, labels in DataLoader(loaded.data.test, batch_size=7):
+        for images, labels in DataLoader(loaded.job.data.test, batch_size=7):
             correct += (network(images).argmax(1) == labels).sum().item()
             total += len(labels)
     assert total == 40
@@ -177,7 +194,7 @@ def test_top1_of_an_own_path_equals_a_plain_evaluation(run_dir, loaded):
 
 def test_tables_are_written_in_the_seed_layout(run_dir):
     with (run_dir / "xross.csv").open() as handle:
-        assert tuple(next(csv.reader(handle))) == CSV_COLUMNS
+        assert tuple(next(csv.reader(handle))) == XROSS_COLUMNS
     md = (run_dir / "xross.md").read_text()
     assert "| Part1 (p1)" in md and "Part3 (p3)" in md and "Ensembles and aggregates" in md
     assert re.sub(r" +", " ", md).count("| net2 | net1 | net2 |") == 1  # one line per path
@@ -229,9 +246,11 @@ def test_pareto_front_on_hand_made_rows():
 @pytest.fixture
 def reuse_loaded(loaded, monkeypatch):
     """Commands load the run once per process; here they reuse the module's copy (saves building it again)."""
-    import ktgraph.runtime.xross as xross
+    import ktgraph.app.pick as pick
+    import ktgraph.app.xross as xross
 
     monkeypatch.setattr(xross, "load_run", lambda *args, **kwargs: loaded)
+    monkeypatch.setattr(pick, "load_run", lambda *args, **kwargs: loaded)
     return loaded
 
 
@@ -247,10 +266,10 @@ def test_pick_exports_a_module_that_runs_without_ktgraph(run_dir, reuse_loaded, 
     chosen = next(r for r in within if r.top1_last == best)
     assert f"picked `{chosen.node}`" in printed and "Pareto front" in printed and out.is_file()
 
-    plan = node_plan(eval_plan(loaded.model, loaded.graph), chosen.node)
+    plan = node_plan(loaded.job.program.eval, loaded.job.graph, chosen.node)
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
-        executor = Executor(plan, loaded.model)
+        executor = Executor(plan, loaded.job.modules)
         expected = executor.outputs(executor.forward(x))[chosen.node]
     torch.save(x, tmp_path / "x.pt")
     script = ("import sys, torch\n"
@@ -279,17 +298,16 @@ def test_eval_and_pick_errors(run_dir, xml, tmp_path, capsys):
     assert main(["pick", str(run_dir), "--max-macs", "lots"]) == 2
     assert "not a positive amount" in capsys.readouterr().err
 
-    graph, model = xml
     with pytest.raises(GraphError, match="not a path"):
-        path_module(model, graph, "mean(paths)")
+        path_module(xml.bound, "mean(paths)")
 
 
 def test_pick_evaluates_first_without_a_table_and_names_the_cheapest_path(run_dir, reuse_loaded, tmp_path, capsys,
                                                                            monkeypatch):
-    import ktgraph.runtime.xross as xross
+    import ktgraph.app.pick as pick
 
-    quick = xross.xross_table
-    monkeypatch.setattr(xross, "xross_table", lambda *a, **kw: quick(*a, **kw, repeats=1, warmup=0))
+    quick = pick.xross_table
+    monkeypatch.setattr(pick, "xross_table", lambda *a, **kw: quick(*a, **kw, repeats=1, warmup=0))
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     (copy / "xross.csv").unlink()
@@ -316,11 +334,11 @@ def test_export_falls_back_to_torchscript(tmp_path, monkeypatch):
 
 
 def test_tables_after_training_use_the_model_in_memory(run_dir, loaded, tmp_path):
+    from ktgraph.app.xross import tables_after_training
     from ktgraph.runtime.trainer import Trainer
-    from ktgraph.runtime.xross import tables_after_training
 
-    trainer = Trainer(load_graph(run_dir / "config.yaml"), tmp_path, progress_bar=False)
-    trainer.model.load_state_dict(loaded.model.state_dict())
+    trainer = Trainer(prepare(load_graph(run_dir / "config.yaml")), tmp_path, progress_bar=False)
+    trainer.modules.load_state_dict(loaded.job.modules.state_dict())
     shown = []
     rows = tables_after_training(trainer, progress=False, echo=shown.append, repeats=1)
     assert (tmp_path / "xross.csv").is_file() and (tmp_path / "xross.md").is_file() and "Part1 (p1)" in shown[0]

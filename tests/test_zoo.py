@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from ktgraph.errors import GraphError
-from ktgraph.zoo import Segment, allowed_cuts, create_model, is_model, list_models, register_model, registry, split
+from ktgraph.zoo import MODELS, Segment, allowed_cuts, create_model, is_model, list_models, register_model, split
 
 CLASSES = 10
 RESNET3 = ["stem", "layer1", "layer2", "layer3"]
@@ -261,9 +261,11 @@ class _Declared(nn.Module):
 
 
 @pytest.fixture
-def own_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+def own_registry() -> Iterator[None]:
     """Registrations made by a test vanish after it."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    saved = MODELS.snapshot()
+    yield
+    MODELS.restore(saved)
 
 
 @pytest.mark.usefixtures("own_registry")

@@ -19,17 +19,33 @@ from ktgraph.data.source import RawData
 from ktgraph.data.splits import balanced_prefix, stratified_split
 from ktgraph.data.transforms import image_pipeline
 from ktgraph.data.views import LabelledView
-from ktgraph.errors import GraphError, unknown_name
+from ktgraph.errors import GraphError
+from ktgraph.registry import Registry
 
-__all__ = ["DATASETS", "DataBundle", "LabelledView", "build_data"]
+__all__ = ["DATASETS", "DataBundle", "DataInfo", "LabelledView", "build_data", "data_info", "find_data",
+           "register_dataset"]
 
-_LOADERS: dict[str, Callable[[Any], RawData]] = {
-    "digits": digits.load,
-    "cifar10": cifar.load_cifar10,
-    "cifar100": cifar.load_cifar100,
-    "image_folder": image_folder.load,
-}
-DATASETS: tuple[str, ...] = tuple(_LOADERS)
+Loader = Callable[[Any], RawData]
+DATASETS: Registry[Loader] = Registry("dataset")
+"""Loaders ``fn(settings) -> RawData``, with metadata ``num_classes`` and ``image_size``: numbers, or
+functions of the settings that find them without reading the images (a folder listing); and
+``find``, which checks that the files are there without reading them (``ktgraph validate``)."""
+register_dataset = DATASETS.register
+register_dataset(name="digits", num_classes=10, image_size=digits.DEFAULT_SIZE)(digits.load)
+register_dataset(name="cifar10", num_classes=10, image_size=cifar.SIZE, find=cifar.find_cifar10)(cifar.load_cifar10)
+register_dataset(name="cifar100", num_classes=100, image_size=cifar.SIZE,
+                 find=cifar.find_cifar100)(cifar.load_cifar100)
+register_dataset(name="image_folder", num_classes=image_folder.count_classes,
+                 image_size=image_folder.first_image_size, find=image_folder.count_classes)(image_folder.load)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What models need to know about the data: enough to build and compile without loading it."""
+
+    num_classes: int
+    in_channels: int
+    image_size: int
 
 
 @dataclass(frozen=True)
@@ -44,11 +60,43 @@ class DataBundle:
     image_size: int
     class_names: tuple[str, ...]
 
+    @property
+    def info(self) -> DataInfo:
+        return DataInfo(self.num_classes, self.in_channels, self.image_size)
+
+
+def find_data(spec: Any) -> None:
+    """Check that the data's files are where the settings say (a GraphError naming the field if not)."""
+    _check(spec)
+    find = DATASETS.metadata(spec.name).get("find")
+    if find is not None:
+        find(spec)
+
+
+def data_info(spec: Any) -> DataInfo:
+    """The data's classes, channels and side, from ``data.num_classes``/``data.image_size`` when the
+    file gives them, else from the data set's registration (no image is loaded)."""
+    _check(spec)
+    meta = DATASETS.metadata(spec.name)
+
+    def value(field: str) -> int:
+        given = getattr(spec, field)
+        if given is not None:
+            return int(given)
+        found = meta[field]
+        return int(found(spec) if callable(found) else found)
+
+    return DataInfo(num_classes=value("num_classes"), in_channels=3, image_size=value("image_size"))
+
 
 def build_data(spec: Any, seed: int) -> DataBundle:
     """Load the dataset ``spec`` names; ``seed`` only decides the validation hold-out."""
     _check(spec)
-    raw = _LOADERS[spec.name](spec)
+    raw = DATASETS[spec.name](spec)
+    if spec.num_classes is not None and spec.num_classes != len(raw.class_names):
+        raise GraphError(f"data.num_classes is {spec.num_classes} but the data has {len(raw.class_names)} classes",
+                         where=("data", "num_classes"), suggestion=f"set num_classes: {len(raw.class_names)} "
+                         "or leave it out (it is read from the data)")
     size = spec.image_size or raw.native_size
     resize = size != raw.native_size
     mean, std = (raw.mean, raw.std) if spec.normalize else (None, None)
@@ -77,8 +125,7 @@ def _limited(labels: torch.Tensor, limit: int | None) -> torch.Tensor:
 
 def _check(spec: Any) -> None:
     """Reject values the loaders cannot honour, naming the field."""
-    if spec.name not in _LOADERS:
-        raise unknown_name("dataset", spec.name, DATASETS, where=("data", "name"))
+    DATASETS.get(spec.name, where=("data", "name"))
     if not 0 <= spec.val_split < 1:
         raise GraphError(
             f"val_split {spec.val_split} is out of range", where=("data", "val_split"), expected="0 <= val_split < 1"
@@ -87,7 +134,7 @@ def _check(spec: Any) -> None:
         raise GraphError(
             f"crop_padding {spec.crop_padding} is negative", where=("data", "crop_padding"), expected="an integer >= 0"
         )
-    for field in ("image_size", "limit_train", "limit_test"):
+    for field in ("image_size", "limit_train", "limit_test", "num_classes"):
         value = getattr(spec, field)
         if value is not None and value < 1:
             raise GraphError(

@@ -18,7 +18,7 @@ import torch
 from ktgraph.data.source import RawData, dataset_root
 from ktgraph.errors import GraphError
 
-_SIZE = 32
+SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,16 @@ def load_cifar100(spec: Any) -> RawData:
     return load(spec, CIFAR100)
 
 
+def find_cifar10(spec: Any) -> None:
+    """Check that the CIFAR-10 files are where ``data.root`` says, without reading them."""
+    _find_folder(dataset_root(spec, CIFAR10.expected), CIFAR10)
+
+
+def find_cifar100(spec: Any) -> None:
+    """Check that the CIFAR-100 files are where ``data.root`` says, without reading them."""
+    _find_folder(dataset_root(spec, CIFAR100.expected), CIFAR100)
+
+
 def load(spec: Any, layout: CifarLayout) -> RawData:
     """All of one CIFAR variant as uint8 ``N x 3 x 32 x 32`` tensors."""
     folder = _find_folder(dataset_root(spec, layout.expected), layout)
@@ -93,7 +103,7 @@ def load(spec: Any, layout: CifarLayout) -> RawData:
         test_images=test_images,
         test_labels=test_labels,
         class_names=names,
-        native_size=_SIZE,
+        native_size=SIZE,
         mean=layout.mean,
         std=layout.std,
     )
@@ -118,7 +128,7 @@ def _read_batches(paths: list[Path], layout: CifarLayout, num_classes: int) -> t
     for path in paths:
         entry = _read_pickle(path, layout)
         try:
-            pixels = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, _SIZE, _SIZE)
+            pixels = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, SIZE, SIZE)
             targets = np.asarray(entry[layout.label_key], dtype=np.int64)
         except (KeyError, ValueError) as err:
             raise _format_error(path, layout, f"expected `data` (N x 3072 uint8) and `{layout.label_key}`") from err

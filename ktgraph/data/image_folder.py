@@ -8,6 +8,7 @@ both splits agree.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,13 @@ class ImageFiles:
 
 def load(spec: Any) -> RawData:
     """Train and test file lists; images keep their native size unless ``spec.image_size`` is set."""
-    root = dataset_root(spec, LAYOUT)
-    train_dir = root / "train"
-    if not train_dir.is_dir():
-        raise GraphError(f"`{root}` has no `train/` folder", where=("data", "root"), expected=LAYOUT)
+    train_dir = _train_dir(spec)
     try:
         classes, class_to_idx = find_classes(train_dir)
         train = make_dataset(train_dir, class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as err:
         raise GraphError(str(err), where=("data", "root"), expected=LAYOUT) from err
+    root = train_dir.parent
     test = _test_samples(root, class_to_idx)
     native = None if spec.image_size else _square_size(train[0][0])
     return RawData(
@@ -74,6 +73,40 @@ def load(spec: Any) -> RawData:
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
     )
+
+
+def count_classes(spec: Any) -> int:
+    """The number of class folders in ``train/`` (a listing: no image is read)."""
+    _need_root(spec, "num_classes")
+    try:
+        return len(find_classes(_train_dir(spec))[0])
+    except FileNotFoundError as err:
+        raise GraphError(str(err), where=("data", "root"), expected=LAYOUT) from err
+
+
+def first_image_size(spec: Any) -> int:
+    """The side of the first train image, which every image must have when ``image_size`` is unset."""
+    _need_root(spec, "image_size")
+    for folder, _, files in sorted(os.walk(_train_dir(spec))):
+        for name in sorted(files):
+            if name.lower().endswith(IMG_EXTENSIONS):
+                return _square_size(os.path.join(folder, name))
+    raise GraphError(f"no train images in `{_train_dir(spec)}`", where=("data", "root"), expected=LAYOUT)
+
+
+def _need_root(spec: Any, field: str) -> None:
+    if spec.root is None:
+        raise GraphError(f"the image folder's {field.replace('_', ' ')} is read from data.root, which is not set",
+                         where=("data", "root"), expected=LAYOUT,
+                         suggestion=f"set data.root, or data.{field} to plan and draw without the data")
+
+
+def _train_dir(spec: Any) -> Path:
+    root = dataset_root(spec, LAYOUT)
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise GraphError(f"`{root}` has no `train/` folder", where=("data", "root"), expected=LAYOUT)
+    return train_dir
 
 
 def _test_samples(root: Path, class_to_idx: dict[str, int]) -> Samples:

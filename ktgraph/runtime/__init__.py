@@ -1,8 +1,8 @@
-"""Running graphs: modules, the plan executor, training, evaluation and checkpoints."""
+"""Running a program: the executor, the trainer, evaluation, measurement, checkpoints and the run directory."""
 from .evaluate import evaluate, make_loader
 from .executor import Executor
-from .model import GraphModel
-from .run import load_graph, train
+from .job import Job, dry_run, prepare, resolve_device
+from .rundir import RunDir
 from .trainer import Trainer
 
-__all__ = ["Executor", "GraphModel", "Trainer", "evaluate", "load_graph", "make_loader", "train"]
+__all__ = ["Executor", "Job", "RunDir", "Trainer", "dry_run", "evaluate", "make_loader", "prepare", "resolve_device"]

@@ -35,3 +35,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise TrainingError(f"no checkpoint at {path}; nothing to resume (a run writes one after its first epoch)")
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def upgrade_state(state: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    """A state dict with the key prefixes of older checkpoints renamed (``renames``: old -> new)."""
+    out = {}
+    for key, value in state.items():
+        old = next((prefix for prefix in renames if key.startswith(prefix)), None)
+        out[renames[old] + key[len(old):] if old else key] = value
+    return out

@@ -20,7 +20,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, see
 @torch.no_grad()
 def evaluate(executor: Executor, batches: Iterable, device: torch.device, num_classes: int) -> dict[str, dict]:
     """Top-1 (and top-5 when there are more than 10 classes) in percent, per plan output."""
-    model = executor.model
+    model = executor.modules
     was_training = model.training
     model.eval()
     k = 5 if num_classes > 10 else 1

@@ -1,103 +1,94 @@
-"""Run a plan: the forward steps, the gated loss terms, and the routed backward passes."""
+"""Run a plan: the forward steps, the gated loss terms, and the routed backward passes.
+
+Each step runs itself (:meth:`~ktgraph.compile.ir.Step.run`); the executor gives it the modules
+and applies a call's BatchNorm policy without touching a module: a call that keeps running
+statistics runs under ``torch.func.functional_call`` with those buffers set to None, which is
+exactly BatchNorm with batch statistics and no update, composable with vmap and compile.
+"""
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from ..compile import INPUT, Aggregate, Plan, Term
-from ..nn.gates import GateContext, apply_gate
-from ..nn.losses import correct_mask, cross_entropy, feature_mimic, kl_divergence
-from .model import GraphModel
+from ..bind import GraphModules
+from ..compile import INPUT, Plan
+from ..compile.ir import Stats
+from ..graph import ModuleId
+from ..kinds import GateContext
+from ..zoo import Segment
 
 V = TypeVar("V", Tensor, float)
+_RUNNING = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class _Scope(nn.Module):
+    """Runs ``fn`` inside ``root``, so that functional_call can stand in for some of root's buffers."""
+
+    def __init__(self, root: nn.Module, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.root = root
+        object.__setattr__(self, "_fn", fn)  # not a child: root holds its modules
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._fn(x)
 
 
 class Executor:
-    """Executes one compiled plan on a :class:`GraphModel`."""
+    """Executes one compiled plan on a graph's modules."""
 
-    def __init__(self, plan: Plan, model: GraphModel, bn_stats: str = "own") -> None:
+    def __init__(self, plan: Plan, modules: GraphModules) -> None:
         self.plan = plan
-        self.model = model
-        self.bn_stats = bn_stats
-        self._norms: dict[str, list[nn.Module]] = {}
-        self._params: dict[frozenset[str], list[nn.Parameter]] = {}
+        self.modules = modules
+        self.labels: Tensor | None = None
+        self.ctx: GateContext | None = None
+        self._kept: dict[ModuleId, tuple[_Scope, dict[str, None]]] = {}
+        self._params: dict[frozenset[ModuleId], list[nn.Parameter]] = {}
 
-    def _parameters(self, owners: frozenset[str]) -> list[nn.Parameter]:
-        """The trainable parameters of some owners (segments, adapters, ...), each once."""
-        if owners not in self._params:
-            seen: dict[int, nn.Parameter] = {}
-            for owner in sorted(owners):
-                for p in self.model.owner_parameters(owner):
-                    if p.requires_grad:
-                        seen.setdefault(id(p), p)
-            self._params[owners] = list(seen.values())
-        return self._params[owners]
+    # --- what steps run with ---------------------------------------------------------------------------
+    def module(self, owner: ModuleId) -> object:
+        return self.modules.module(owner)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def call(self, owner: ModuleId, x: Tensor, stats: Stats) -> Tensor:
+        module = self.modules.module(owner)
+        assert module is not None
+        if stats == "update" or not module.training:
+            return module(x)
+        scope, buffers = self._keeping(owner, module)
+        return functional_call(scope, buffers, (x,), tie_weights=False, strict=False) if buffers else module(x)
+
+    def _keeping(self, owner: ModuleId, module: Segment | nn.Module) -> tuple[_Scope, dict[str, None]]:
+        """A scope for ``module`` and the names of the running statistics to hold still while it runs."""
+        if owner not in self._kept:
+            root, owned = (module.network, module.owned()) if isinstance(module, Segment) else (module, [("", module)])
+            buffers = {}
+            for path, held in owned:
+                for name, norm in held.named_modules():
+                    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats:
+                        prefix = ".".join(p for p in ("root", path, name) if p)
+                        buffers.update((f"{prefix}.{b}", None) for b in _RUNNING)
+            self._kept[owner] = (_Scope(root, module), buffers)
+        return self._kept[owner]
+
+    # --- forward, losses, backward ----------------------------------------------------------------------
+    def forward(self, x: Tensor, labels: Tensor | None = None, ctx: GateContext | None = None) -> dict[str, Tensor]:
         """Every value of the plan, keyed by its expression."""
+        self.labels, self.ctx = labels, ctx
         values: dict[str, Tensor] = {INPUT: x}
         for step in self.plan.steps:
-            module = self.model.module(step.module)
-            if isinstance(step, Aggregate):
-                logits = [values[v] for v in step.logits]
-                outs = module(logits, [values[v] for v in step.features]) if step.features else [module(logits)]
-                values.update(zip(step.outs, outs))
-            else:
-                with self._statistics(step.module, keep=step.own or self.bn_stats == "all"):
-                    values[step.out] = module(values[step.input])
+            values.update(zip(step.outputs, step.run(self, [values[v] for v in step.inputs])))
         return values
 
-    @contextlib.contextmanager
-    def _statistics(self, key: str, keep: bool) -> Iterator[None]:
-        """With ``keep=False``, BatchNorm uses batch statistics without updating its running ones.
-
-        So by default a segment's running statistics describe its own network's features,
-        not a blend with the features cross paths feed it (``train.bn_stats: own``).
-        """
-        if keep or not self.model.training:
-            yield
-            return
-        if key not in self._norms:
-            self._norms[key] = [m for m in self.model.module(key).modules()
-                                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-        norms = self._norms[key]
-        for m in norms:
-            m.track_running_stats = False
-        try:
-            yield
-        finally:
-            for m in norms:
-                m.track_running_stats = True
-
-    def outputs(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+    def outputs(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The plan's named nodes (networks, paths, aggregates, features)."""
         return {node: values[value] for node, value in self.plan.outputs.items()}
 
-    def term_loss(self, term: Term, values: dict[str, Tensor], labels: Tensor, ctx: GateContext) -> Tensor:
-        """weight * gate(per-sample loss) for one link."""
-        target = values[term.target]
-        source = None if term.source is None else values[term.source]
-        if source is not None and term.detach:
-            source = source.detach()
-        # The correct gate keeps samples the source predicts right; the label always is.
-        mask = correct_mask(source, labels) if term.gate == "correct" and source is not None else None
-        if term.kind == "ce":
-            per_sample = cross_entropy(target, labels)
-        elif term.kind == "kl":
-            per_sample = kl_divergence(source, target, term.T)
-        else:
-            if term.regressor is not None:
-                target = self.model.module(term.regressor)(target)
-            per_sample = feature_mimic(source, target, term.loss)
-        return term.weight * apply_gate(term.gate, per_sample, ctx, mask, term.gate_length)
-
-    def losses(self, values: dict[str, Tensor], labels: Tensor, ctx: GateContext) -> dict[str, Tensor]:
+    def losses(self, values: Mapping[str, Tensor], labels: Tensor, ctx: GateContext) -> dict[str, Tensor]:
         """The value of every compiled link, keyed by link name."""
-        return {t.link: self.term_loss(t, values, labels, ctx) for t in self.plan.terms}
+        return {t.link: t.value(values, labels, ctx) for t in self.plan.terms}
 
     def node_losses(self, losses: Mapping[str, V]) -> dict[str, V]:
         """Each node's loss: the sum of its incoming links (tensors, or the floats logged)."""
@@ -106,13 +97,18 @@ class Executor:
             nodes[term.node] = nodes[term.node] + losses[term.link] if term.node in nodes else losses[term.link]
         return nodes
 
-    def backward(self, losses: dict[str, Tensor], scale: Callable[[Tensor], Tensor] = lambda t: t,
-                 only: frozenset[str] | None = None) -> None:
+    def _parameters(self, owners: frozenset[ModuleId]) -> list[nn.Parameter]:
+        if owners not in self._params:
+            self._params[owners] = self.modules.parameters_of(owners)
+        return self._params[owners]
+
+    def backward(self, losses: Mapping[str, Tensor], scale: Callable[[Tensor], Tensor] = lambda t: t,
+                 only: frozenset[ModuleId] | None = None) -> None:
         """Accumulate each group's gradient into exactly the parameters it trains.
 
-        One forward serves every group: each backward is restricted with ``inputs=`` so a
-        loss flows through other segments without updating them. ``only`` narrows every
-        group to some owners (one network at a time, for alternating updates).
+        One forward serves every group: each backward is restricted with ``inputs=`` so a loss
+        flows through other segments without updating them. ``only`` narrows every group to
+        some owners (one network at a time, for alternating updates).
         """
         work = []
         for group in self.plan.groups:

@@ -6,10 +6,10 @@ from collections.abc import Iterable
 
 import torch
 
-from ..spec.schema import OptimizerSpec, ScheduleSpec
+from ..settings import OptimizerSettings, ScheduleSettings
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[torch.nn.Parameter], spec: OptimizerSettings) -> torch.optim.Optimizer:
     params = list(params)
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
@@ -17,7 +17,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], spec: OptimizerSpec) ->
     return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
 
 
-def lr_factor(epoch: float, total_epochs: int, spec: ScheduleSpec, base_lr: float) -> float:
+def lr_factor(epoch: float, total_epochs: int, spec: ScheduleSettings, base_lr: float) -> float:
     """The multiplier of the base learning rate at a (fractional) epoch.
 
     Warm-up ramps linearly from 0 over ``warmup_epochs``; after it, ``multistep``
@@ -35,7 +35,7 @@ def lr_factor(epoch: float, total_epochs: int, spec: ScheduleSpec, base_lr: floa
     return 1.0
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSpec, epochs: int, steps_per_epoch: int,
+def make_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSettings, epochs: int, steps_per_epoch: int,
                    base_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per iteration, so warm-up and cosine are smooth within epochs."""
     return torch.optim.lr_scheduler.LambdaLR(

@@ -1,5 +1,8 @@
-"""The graph language: schema, safe loading and command-line overrides."""
-from .loader import LoadedGraph, Source, load_spec, parse_yaml, validate
-from .schema import GraphSpec
+"""The graph language: schema (built from the registries), safe loading, overrides, opt-in imports."""
+from .loader import LoadedGraph, load_document, load_spec
+from .schema import GraphSpec, graph_schema
+from .source import Source, parse_yaml
+from .validate import validate
 
-__all__ = ["GraphSpec", "LoadedGraph", "Source", "load_spec", "parse_yaml", "validate"]
+__all__ = ["GraphSpec", "LoadedGraph", "Source", "graph_schema", "load_document", "load_spec", "parse_yaml",
+           "validate"]

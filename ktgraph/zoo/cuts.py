@@ -2,9 +2,9 @@
 
 A network is read as an ordered list of *stages*; running them one after
 another equals ``model(x)``. ``split(model, ["layer2"])`` cuts after stage
-``layer2`` and gives :class:`Segment` modules that hold the network's own
-modules, never copies, so training a segment trains the network and its
-state_dict stays valid. Every parameter lies in exactly one segment.
+``layer2`` and gives :class:`~ktgraph.zoo.segment.Segment` views that run the
+network's own modules, never copies, so training a segment trains the network and
+its state_dict stays valid. Every parameter lies in exactly one segment.
 
 How stages are found (first match wins):
 
@@ -42,9 +42,8 @@ segment, stage ``model``, that calls the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from itertools import count, pairwise, takewhile
 
@@ -53,79 +52,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ktgraph.errors import GraphError, did_you_mean
-
-Step = Callable[[Tensor], Tensor]
+from ktgraph.zoo.segment import Method, Segment, Stage, Step
 
 PROBE_SIZE = 64
 """Side of the default probe images: large enough for AlexNet and stride-32 networks."""
 
 _flatten: Step = partial(torch.flatten, start_dim=1)
 _global_avg_pool: Step = partial(F.adaptive_avg_pool2d, output_size=1)
-
-
-@dataclass(frozen=True)
-class _Stage:
-    name: str
-    owned: tuple[tuple[str, nn.Module], ...]  # (path in the model, module): the parameters it holds
-    steps: tuple[Step, ...]
-
-
-class _Method:
-    """A step that calls a model's method (timm's ``forward_head``).
-
-    An object rather than a bound method so that :class:`Segment` can find the
-    model to keep its ``training`` flag in step.
-    """
-
-    def __init__(self, owner: nn.Module, method: str) -> None:
-        self.owner = owner
-        self.method = method
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return getattr(self.owner, self.method)(x)
-
-
-class Segment(nn.Module):
-    """Consecutive stages of a model, run in order.
-
-    The model's modules are registered under ``net`` at their paths in the model
-    (``segment.net.layer1`` is ``model.layer1``), so its state_dict keys are the
-    model's with a ``net.`` prefix. For a split without cuts ``net`` is the model.
-    """
-
-    def __init__(self, stages: Sequence[_Stage]) -> None:
-        super().__init__()
-        self.stages: tuple[str, ...] = tuple(stage.name for stage in stages)
-        self.net = nn.Module()
-        for stage in stages:
-            for path, module in stage.owned:
-                _attach(self.net, path, module)
-        self._steps = tuple(step for stage in stages for step in stage.steps)
-        self._clone_input = _in_place(self._steps[0])
-
-    @classmethod
-    def whole(cls, model: nn.Module) -> Segment:
-        """One segment that calls ``model`` itself, for any model."""
-        segment = cls([_Stage("model", (), (model,))])
-        segment.net = model
-        return segment
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self._clone_input:  # keep the previous segment's output intact for losses that read it
-            x = x.clone()
-        for step in self._steps:
-            x = step(x)
-        return x
-
-    def train(self, mode: bool = True) -> Segment:
-        super().train(mode)
-        for step in self._steps:
-            if isinstance(step, _Method):  # e.g. timm's forward_head reads model.training for dropout
-                step.owner.training = mode
-        return self
-
-    def extra_repr(self) -> str:
-        return f"stages={self.stages}"
 
 
 def allowed_cuts(model: nn.Module, *, example: Tensor | None = None) -> list[str]:
@@ -145,7 +78,7 @@ def split(model: nn.Module, cuts: Sequence[str], *, example: Tensor | None = Non
     stages = _plan(model, example)
     positions = _positions(list(cuts), [stage.name for stage in stages[:-1]])
     bounds = [0, *(p + 1 for p in positions), len(stages)]
-    return [Segment(stages[start:stop]) for start, stop in pairwise(bounds)]
+    return [Segment(model, stages[start:stop]) for start, stop in pairwise(bounds)]
 
 
 def _positions(cuts: list[str], allowed: list[str]) -> list[int]:
@@ -170,7 +103,7 @@ def _positions(cuts: list[str], allowed: list[str]) -> list[int]:
     return positions
 
 
-def _plan(model: nn.Module, example: Tensor | None) -> list[_Stage]:
+def _plan(model: nn.Module, example: Tensor | None) -> list[Stage]:
     """The model's stages, checked to hold each parameter once and to reproduce ``model(x)``."""
     probe = _probe(model) if example is None else example
     with _evaluating(model):
@@ -189,7 +122,7 @@ def _plan(model: nn.Module, example: Tensor | None) -> list[_Stage]:
     return stages
 
 
-def _find_stages(model: nn.Module, probe: Tensor) -> list[_Stage]:
+def _find_stages(model: nn.Module, probe: Tensor) -> list[Stage]:
     for find in (_declared, _resnet_like, _features_classifier, _timm_feature_info):
         stages = find(model, probe)
         if stages:
@@ -201,7 +134,7 @@ def _find_stages(model: nn.Module, probe: Tensor) -> list[_Stage]:
     raise _uncuttable(model, "its structure matches no family ktgraph knows how to cut")
 
 
-def _declared(model: nn.Module, probe: Tensor) -> list[_Stage] | None:
+def _declared(model: nn.Module, probe: Tensor) -> list[Stage] | None:
     declare = getattr(model, "ktgraph_stages", None)
     if not callable(declare):
         return None
@@ -212,28 +145,28 @@ def _declared(model: nn.Module, probe: Tensor) -> list[_Stage] | None:
             raise _uncuttable(
                 model, f"ktgraph_stages() gives stage `{name}` a module that is not a submodule of the model"
             )
-        stages.append(_Stage(name, ((paths[id(module)], module),), (module,)))
+        stages.append(Stage(name, ((paths[id(module)], module),), (module,)))
     return stages
 
 
-def _resnet_like(model: nn.Module, probe: Tensor) -> list[_Stage] | None:
+def _resnet_like(model: nn.Module, probe: Tensor) -> list[Stage] | None:
     children = dict(model.named_children())
     layers = list(takewhile(children.__contains__, (f"layer{i}" for i in count(1))))
     stem = list(takewhile(lambda name: name != "layer1", children))
     if not layers or not stem:
         return None
     if callable(getattr(model, "forward_head", None)):
-        head: tuple[Step, ...] = (_Method(model, "forward_head"),)
+        head: tuple[Step, ...] = (Method(model, "forward_head"),)
     elif "avgpool" in children and "fc" in children:
         head = _pool_flatten_classify(model, children["fc"])
     else:
         return None
-    stages = [_Stage("stem", tuple((name, children[name]) for name in stem), tuple(children[n] for n in stem))]
+    stages = [Stage("stem", tuple((name, children[name]) for name in stem), tuple(children[n] for n in stem))]
     stages += [_single(name, children[name]) for name in layers]
     return [*stages, _head(model, {*stem, *layers}, head)]
 
 
-def _features_classifier(model: nn.Module, probe: Tensor) -> list[_Stage] | None:
+def _features_classifier(model: nn.Module, probe: Tensor) -> list[Stage] | None:
     features = getattr(model, "features", None)
     classifier = getattr(model, "classifier", None)
     if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Module):
@@ -242,7 +175,7 @@ def _features_classifier(model: nn.Module, probe: Tensor) -> list[_Stage] | None
     return [*stages, _head(model, {"features"}, _pool_flatten_classify(model, classifier))]
 
 
-def _timm_feature_info(model: nn.Module, probe: Tensor) -> list[_Stage] | None:
+def _timm_feature_info(model: nn.Module, probe: Tensor) -> list[Stage] | None:
     feature_info = getattr(model, "feature_info", None)
     forward_features = getattr(model, "forward_features", None)
     if not (
@@ -253,7 +186,7 @@ def _timm_feature_info(model: nn.Module, probe: Tensor) -> list[_Stage] | None:
     children = dict(model.named_children())
     trunk = _called_children(model, forward_features, probe)
     stages = [_single(path, module) for name in trunk for path, module in _expand(name, children[name], marks)]
-    return [*stages, _head(model, set(trunk), (_Method(model, "forward_head"),))]
+    return [*stages, _head(model, set(trunk), (Method(model, "forward_head"),))]
 
 
 def _called_children(model: nn.Module, forward_features: Step, probe: Tensor) -> list[str]:
@@ -289,17 +222,17 @@ def _pool_flatten_classify(model: nn.Module, classifier: nn.Module) -> tuple[Ste
     return (*steps, classifier)
 
 
-def _single(path: str, module: nn.Module) -> _Stage:
-    return _Stage(path, ((path, module),), (module,))
+def _single(path: str, module: nn.Module) -> Stage:
+    return Stage(path, ((path, module),), (module,))
 
 
-def _head(model: nn.Module, used: set[str], steps: tuple[Step, ...]) -> _Stage:
+def _head(model: nn.Module, used: set[str], steps: tuple[Step, ...]) -> Stage:
     """The ``head`` stage: it holds every child the earlier stages do not."""
     rest = tuple((name, child) for name, child in model.named_children() if name not in used)
-    return _Stage("head", rest, steps)
+    return Stage("head", rest, steps)
 
 
-def _check_partition(model: nn.Module, stages: list[_Stage]) -> None:
+def _check_partition(model: nn.Module, stages: list[Stage]) -> None:
     paths = [path for stage in stages for path, _ in stage.owned]
     owned = set(paths)
     for path in paths:
@@ -318,7 +251,7 @@ def _check_partition(model: nn.Module, stages: list[_Stage]) -> None:
         raise _uncuttable(model, f"parameters outside every stage: {', '.join(missing[:3])}")
 
 
-def _check_reproduces(model: nn.Module, stages: list[_Stage], probe: Tensor, expected: object) -> None:
+def _check_reproduces(model: nn.Module, stages: list[Stage], probe: Tensor, expected: object) -> None:
     x = probe.clone()
     try:
         for stage in stages:
@@ -350,24 +283,6 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
     finally:
         for module, mode in modes:
             module.training = mode
-
-
-def _attach(root: nn.Module, path: str, module: nn.Module) -> None:
-    """Register ``module`` under ``root`` at the dotted ``path``, adding empty containers on the way."""
-    *parents, leaf = path.split(".")
-    node = root
-    for part in parents:
-        if not hasattr(node, part):
-            node.add_module(part, nn.Module())
-        node = getattr(node, part)
-    node.add_module(leaf, module)
-
-
-def _in_place(step: Step) -> bool:
-    """Whether a step starts by overwriting its input (``ReLU(inplace=True)``)."""
-    while isinstance(step, nn.Sequential) and len(step):
-        step = step[0]
-    return getattr(step, "inplace", False) is True
 
 
 def _uncuttable(

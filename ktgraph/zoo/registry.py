@@ -9,10 +9,7 @@ without pretrained weights, and ``weights=`` only reads a local file.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
-import re
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,35 +19,29 @@ import torch
 from torch import nn
 
 from ktgraph.errors import GraphError, did_you_mean
+from ktgraph.registry import Registry
 
 EntryPoint = Callable[..., nn.Module]
 """Builds a model: ``fn(num_classes: int, **kwargs) -> nn.Module``."""
 
-_REGISTRY: dict[str, EntryPoint] = {}
+MODELS: Registry[EntryPoint] = Registry("model")
 
 
 @overload
 def register_model(fn: EntryPoint) -> EntryPoint: ...
 @overload
-def register_model(*, name: str | None = None) -> Callable[[EntryPoint], EntryPoint]: ...
+def register_model(*, name: str | None = None, **metadata: Any) -> Callable[[EntryPoint], EntryPoint]: ...
 def register_model(
-    fn: EntryPoint | None = None, *, name: str | None = None
+    fn: EntryPoint | None = None, *, name: str | None = None, **metadata: Any
 ) -> EntryPoint | Callable[[EntryPoint], EntryPoint]:
-    """Record an entry point under ``name`` (default: the function's name).
+    """Record an entry point under ``name`` (default: the function's name), with metadata.
 
     Use as ``@register_model`` or ``@register_model(name="x")``. Registering a
     name again replaces the entry point and warns, since that is rarely meant.
     """
     if fn is None:
-        return lambda entry: _record(name or entry.__name__, entry)
-    return _record(name or fn.__name__, fn)
-
-
-def _record(name: str, entry: EntryPoint) -> EntryPoint:
-    if name in _REGISTRY:
-        warnings.warn(f"model `{name}` was already registered; the new entry point replaces it", stacklevel=3)
-    _REGISTRY[name] = entry
-    return entry
+        return MODELS.register(name=name, **metadata)
+    return MODELS.register(fn)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -59,12 +50,7 @@ def list_models(pattern: str = "*") -> list[str]:
     timm and torchvision models are not listed; ``timm.list_models()`` and
     ``torchvision.models.list_models()`` list them.
     """
-    return sorted(fnmatch.filter(_REGISTRY, pattern), key=_natural_order)
-
-
-def _natural_order(name: str) -> list[str | int]:
-    """Sort key putting resnet8 before resnet20 before resnet110."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return MODELS.list(pattern)
 
 
 def is_model(name: str) -> bool:
@@ -158,8 +144,8 @@ _LIBRARIES: dict[str, _Library] = {
 
 def _resolve(name: str) -> EntryPoint:
     """The entry point for ``name``, or the GraphError naming the closest known model."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
+    if name in MODELS:
+        return MODELS[name]
     prefix, colon, bare = name.partition(":")
     if colon:
         library = _LIBRARIES.get(prefix)
@@ -179,7 +165,7 @@ def _resolve(name: str) -> EntryPoint:
     for library in _LIBRARIES.values():
         if library.has(name):
             return functools.partial(library.build, name)
-    known = set(_REGISTRY).union(*(library.names() for library in _LIBRARIES.values()))
+    known = set(MODELS).union(*(library.names() for library in _LIBRARIES.values()))
     raise GraphError(
         f"unknown model `{name}`",
         expected="a ktgraph model (" + ", ".join(list_models()[:8]) + ", ...), a torchvision or timm "

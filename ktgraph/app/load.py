@@ -1,0 +1,59 @@
+"""The first step of every command: a graph file read, validated and resolved; a run directory brought back."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import GraphError, TrainingError
+from ..graph import KTGraph, build_graph
+from ..runtime import Job, RunDir, prepare, resolve_device
+from ..runtime.checkpoint import upgrade_state
+from ..spec import load_spec
+
+
+def load_graph(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+               allow_imports: bool = False) -> KTGraph:
+    """Read, validate and resolve a graph file; ``imports:`` run only with ``allow_imports``."""
+    return build_graph(load_spec(path, overrides, allow_imports=allow_imports))
+
+
+@dataclass
+class LoadedRun:
+    """A run directory brought back: its job with the last checkpoint's weights, and where the run is."""
+
+    run_dir: RunDir
+    job: Job
+    position: tuple[int, int] | None = None  # the checkpoint's (stage index, epochs done in that stage)
+
+
+def open_run(run_dir: str | Path, *, allow_imports: bool = False) -> tuple[RunDir, KTGraph]:
+    """A run directory and its graph, or a located error saying why it is not one."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise GraphError(f"run directory {run} does not exist", file=str(run),
+                         suggestion="give the folder `ktgraph run --out` wrote")
+    if not run.is_run():
+        raise GraphError(f"{run} is not a run directory (no config.yaml)", file=str(run))
+    return run, load_graph(run / "config.yaml", allow_imports=allow_imports)
+
+
+def load_run(run_dir: str | Path, *, device: str | torch.device | None = None,
+             allow_imports: bool = False) -> LoadedRun:
+    """Rebuild a run's data, modules and program from its ``config.yaml`` and last checkpoint."""
+    run, graph = open_run(run_dir, allow_imports=allow_imports)
+    if not run.checkpoint.is_file():
+        raise TrainingError(f"no checkpoint at {run.checkpoint}; the run has not finished an epoch yet")
+    job = prepare(graph, device="cpu")
+    payload = run.load_checkpoint(map_location="cpu")
+    try:
+        job.modules.load_state_dict(upgrade_state(payload["model"], job.bound.legacy_keys()))
+    except (RuntimeError, KeyError) as err:
+        raise TrainingError(f"{run.checkpoint} does not match the graph in {run / 'config.yaml'}: "
+                            f"{str(err).splitlines()[0]}") from None
+    target = torch.device(device) if device is not None else resolve_device(graph.train.device)
+    job.modules.to(target).eval()
+    job.device = target
+    position = (payload["stage"], payload["epoch"]) if "stage" in payload and "epoch" in payload else None
+    return LoadedRun(run, job, position)

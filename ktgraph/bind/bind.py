@@ -1,0 +1,191 @@
+"""Binding a graph to its modules: models built and cut, every shape known, adapters and regressors decided.
+
+Everything the compiler needs to know about modules is found here, once, from a dry run of
+each network on a tiny tensor: the input and output shape of every segment, which junctions
+need an adapter, each aggregator's module and output shapes, which mimic links need a
+regressor. A mismatch is reported against the path, aggregator or link that caused it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import GraphError
+from ..graph import AdapterId, KTGraph, Network, Ref, RegressorId, SegmentId
+from ..kinds import AUTO, NONE, AggregatorInput, GateContext, make_adapter
+from ..zoo import create_model, split
+from .modules import GraphModules
+
+Shape = tuple[int, ...]
+PROBE_BATCH = 2
+
+
+@dataclass
+class BoundGraph:
+    """A graph with its modules. Shapes are per sample (no batch dimension)."""
+
+    graph: KTGraph
+    modules: GraphModules
+    num_classes: int
+    input_shape: Shape
+    shapes: dict[SegmentId, tuple[Shape, Shape]]  # (input, output) of each segment on its own path
+    adapters: dict[AdapterId, str]  # the junctions that have an adapter, and its kind
+    aggregate_shapes: dict[str, Shape]  # the shape of each aggregator output
+    regressors: dict[str, RegressorId]  # link name -> the regressor its target goes through
+    regressor_kinds: dict[RegressorId, str]  # each regressor's adapter kind
+
+    def value_shape(self, ref: Ref) -> Shape:
+        """The shape of a node's value: every segment of any path gets its own-path input (adapters see to it)."""
+        if ref.kind == "logits":
+            return self.shapes[self.graph.paths[ref.name].segments[-1]][1]
+        if ref.kind == "feature":
+            assert ref.segment is not None
+            return self.shapes[ref.segment][1]
+        if ref.name in self.graph.ensembles:
+            return (self.num_classes,)
+        return self.aggregate_shapes[ref.name]
+
+    def legacy_keys(self) -> dict[str, str]:
+        """State-dict prefixes of checkpoints written before regressors were keyed structurally."""
+        return {f"regressors.regressor:{link.replace('.', ':')}.": f"regressors.{rid.key}."
+                for link, rid in self.regressors.items()}
+
+
+def bind(graph: KTGraph, num_classes: int, input_shape: Shape) -> BoundGraph:
+    """Build and check every module of ``graph`` for ``num_classes`` classes and inputs of ``input_shape``."""
+    try:
+        return _Binder(graph, num_classes, tuple(input_shape)).bind()
+    except GraphError as err:
+        if graph.source is not None:
+            graph.source.locate(err)
+        raise
+
+
+class _Binder:
+    def __init__(self, graph: KTGraph, num_classes: int, input_shape: Shape) -> None:
+        self.graph = graph
+        self.num_classes = num_classes
+        self.input_shape = input_shape
+        self.modules = GraphModules()
+        self.shapes: dict[SegmentId, tuple[Shape, Shape]] = {}
+        self.adapters: dict[AdapterId, str] = {}
+        self.aggregate_shapes: dict[str, Shape] = {}
+        self.regressors: dict[str, RegressorId] = {}
+        self.regressor_kinds: dict[RegressorId, str] = {}
+
+    def bind(self) -> BoundGraph:
+        for network in self.graph.networks.values():
+            self.network(network)
+        self.modules.eval()
+        with torch.no_grad():
+            self.probe_segments()
+            self.junctions()
+            bound = BoundGraph(self.graph, self.modules, self.num_classes, self.input_shape, self.shapes,
+                               self.adapters, self.aggregate_shapes, self.regressors, self.regressor_kinds)
+            self.aggregators(bound)
+            self.mimic_regressors(bound)
+        self.modules.set_fixed(n for n, net in self.graph.networks.items() if net.frozen)
+        self.modules.train()
+        return bound
+
+    def network(self, net: Network) -> None:
+        where = ("networks", net.name)
+        try:
+            model = create_model(net.model, self.num_classes, cifar_stem=net.cifar_stem, weights=net.weights,
+                                 **net.kwargs)
+        except GraphError as err:
+            field = ("weights" if "weights file" in err.message else "cifar_stem" if "cifar_stem" in err.message
+                     else "model" if err.message.startswith("unknown") or not net.kwargs else "kwargs")
+            err.where = err.where or where + (field,)
+            raise
+        except TypeError as err:
+            raise GraphError(f"model `{net.model}` rejected its arguments: {err}", where=where + ("kwargs",)) from None
+        try:
+            segments = split(model, net.cuts)
+        except GraphError as err:
+            named = [i for i, cut in enumerate(net.cuts) if f"`{cut}`" in err.message]
+            err.where = err.where or where + (("cuts", named[-1]) if named else ("cuts",) if net.cuts else ())
+            raise
+        self.modules.networks[net.name] = model
+        self.modules.segments.update(zip(net.segments, segments))
+
+    def probe_segments(self) -> None:
+        """(input, output) shape of every segment on its own network's path."""
+        for net in self.graph.networks.values():
+            x = torch.zeros(PROBE_BATCH, *self.input_shape)
+            for segment in net.segments:
+                try:
+                    y = self.modules.segments[segment](x)
+                except Exception as err:  # any failure of user-chosen model code is a graph error
+                    raise GraphError(f"segment `{segment}` fails on a {tuple(x.shape)} input: "
+                                     f"{type(err).__name__}: {err}", where=("networks", net.name, "model"),
+                                     suggestion="check data.image_size, the model and its cuts") from None
+                self.shapes[segment] = (tuple(x.shape[1:]), tuple(y.shape[1:]))
+                x = y
+
+    def junctions(self) -> None:
+        for path in self.graph.paths.values():
+            for junction in path.junctions():
+                out, need = self.shapes[junction.up][1], self.shapes[junction.down][0]
+                if junction in self.adapters or (out == need and path.adapter in (AUTO, NONE)):
+                    continue
+                if path.adapter == NONE:
+                    raise GraphError(f"path `{path.name}`: `{junction.up}` gives {out} but `{junction.down}` takes "
+                                     f"{need}", where=path.where + ("adapter",),
+                                     suggestion="set `adapter: auto` to join them with a 1x1 conv + ReLU")
+                if len(out) != 3 or out[1:] != need[1:]:
+                    raise GraphError(f"path `{path.name}`: `{junction.up}` gives {out} but `{junction.down}` takes "
+                                     f"{need}; an adapter can change channels but not spatial size",
+                                     where=path.where, suggestion="cut both networks where their resolutions agree")
+                kind = "conv1x1_relu" if path.adapter == AUTO else path.adapter
+                self.modules.adapters[junction.key] = make_adapter(kind, out[0], need[0])
+                self.adapters[junction] = kind
+
+    def aggregators(self, bound: BoundGraph) -> None:
+        """Each aggregator's module (from its inputs' shapes) and the shapes of its outputs, by a dry run."""
+        for agg in self.graph.aggregators.values():
+            logits = [bound.value_shape(r) for r in agg.inputs]
+            features = [bound.value_shape(r) for r in agg.features]
+            try:
+                module = agg.unit.build(logits, features)
+            except GraphError as err:
+                err.where = agg.where + err.where
+                raise
+            if module is not None:
+                self.modules.aggregators[agg.name] = module.eval()
+            record = AggregatorInput([torch.zeros(PROBE_BATCH, *s) for s in logits],
+                                     [torch.zeros(PROBE_BATCH, *s) for s in features],
+                                     torch.zeros(PROBE_BATCH, dtype=torch.long), GateContext())
+            try:
+                outs = agg.unit.aggregate(module, record)
+            except Exception as err:  # a user's aggregator failing on the shapes it is given
+                raise GraphError(f"aggregator `{agg.name}` fails on inputs of shapes {logits} and features "
+                                 f"{features}: {type(err).__name__}: {err}", where=agg.where) from None
+            if len(outs) != len(agg.outputs):
+                raise GraphError(f"aggregator `{agg.name}` gave {len(outs)} outputs, its kind promises "
+                                 f"{len(agg.outputs)}", where=agg.where)
+            self.aggregate_shapes.update((name, tuple(out.shape[1:])) for name, out in zip(agg.outputs, outs))
+
+    def mimic_regressors(self, bound: BoundGraph) -> None:
+        """A regressor for each link whose loss needs one to compare its target with its source."""
+        kinds = self.regressor_kinds
+        for link in self.graph.links:
+            if link.gate.removes_link or link.source.kind == "label":
+                continue
+            target, source = bound.value_shape(link.target), bound.value_shape(link.source)
+            try:
+                kind = link.loss.regressor(target, source, link.name)
+            except GraphError as err:
+                err.where = link.where + err.where
+                raise
+            if kind is None:
+                continue
+            rid = RegressorId(link.target.name, link.source.name)
+            if kinds.setdefault(rid, kind) != kind:
+                raise GraphError(f"two links map `{rid.target}` to `{rid.source}` with different regressors "
+                                 f"({kinds[rid]} and {kind})", where=link.where + ("adapter",),
+                                 suggestion="give them the same `adapter` (they then share one regressor)")
+            if rid.key not in self.modules.regressors:
+                self.modules.regressors[rid.key] = make_adapter(kind, target[0], source[0])
+            self.regressors[link.name] = rid

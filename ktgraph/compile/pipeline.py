@@ -1,0 +1,39 @@
+"""Compiling: lowering, then the passes, once per stage and once for evaluation.
+
+:func:`compile_program` is the one entry point a run uses; everything that reads a plan (the
+trainer, ``ktgraph plan``, ``render``, the Xross table, ``pick``, the report) reads the program
+it returns. ``trace`` sees the plan after lowering and after each pass (``ktgraph plan --passes``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..bind import BoundGraph
+from ..graph import Stage
+from .ir import Plan, Program
+from .lower import lower_eval, lower_train
+from .passes import EVAL_PASSES, TRAIN_PASSES, Pass
+
+Trace = Callable[[str, Plan], None]
+
+
+def compile_plan(bound: BoundGraph, stage: Stage | None = None, *, trace: Trace | None = None) -> Plan:
+    """The train plan of ``stage``, or the eval plan when ``stage`` is None."""
+    plan = lower_eval(bound) if stage is None else lower_train(bound, stage)
+    return run_passes(plan, bound, EVAL_PASSES if stage is None else TRAIN_PASSES, trace)
+
+
+def run_passes(plan: Plan, bound: BoundGraph, passes: tuple[Pass, ...], trace: Trace | None = None) -> Plan:
+    if trace is not None:
+        trace("lower", plan)
+    for rewrite in passes:
+        plan = rewrite(plan, bound)
+        if trace is not None:
+            trace(rewrite.__name__, plan)
+    return plan
+
+
+def compile_program(bound: BoundGraph, *, trace: Trace | None = None) -> Program:
+    """A train plan per stage of the graph and the eval plan."""
+    stages = tuple(compile_plan(bound, stage, trace=trace) for stage in bound.graph.stages)
+    return Program(stages, compile_plan(bound, trace=trace))

@@ -1,0 +1,188 @@
+"""The resolved graph: plain typed records, every name checked, every shorthand expanded.
+
+Nothing downstream (bind, compile, runtime) reads the parsed file: it reads these records,
+the registered units they hold (a link's loss and gate, an aggregator's kind) and the
+``data``/``train`` settings.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..kinds import AggregatorKind, Gate, LinkKind
+from ..settings import DataSettings, TrainSettings
+from .ids import AdapterId, AggregatorId, ModuleId, SegmentId
+
+Where = tuple[str | int, ...]
+LABEL = "label"
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A value a link or aggregator reads.
+
+    ``logits``: the output of path ``name``; ``feature``: the output of ``segment`` on its own
+    network's path; ``aggregate``: output ``name`` of an aggregator (``agg`` or ``agg.input``)
+    or an ensemble; ``label``: the ground truth.
+    """
+
+    kind: Literal["logits", "feature", "aggregate", "label"]
+    name: str
+    segment: SegmentId | None = None
+
+    @property
+    def predicts(self) -> bool:
+        """Whether this value is class logits (so it can be gated on being correct)."""
+        return self.kind in ("logits", "aggregate")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    model: str
+    cuts: tuple[str, ...]
+    segments: tuple[SegmentId, ...]
+    cifar_stem: bool = False
+    weights: str | None = None
+    frozen: bool = False
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(s.part for s in self.segments)
+
+
+@dataclass(frozen=True)
+class Path:
+    """A chain of segments; ``adapter`` says how to join segments whose shapes differ."""
+
+    name: str
+    segments: tuple[SegmentId, ...]
+    adapter: str
+    where: Where = ()
+
+    @property
+    def owners(self) -> tuple[str, ...]:
+        return tuple(s.network for s in self.segments)
+
+    @property
+    def is_cross(self) -> bool:
+        return len(set(self.owners)) > 1
+
+    def junctions(self) -> list[AdapterId]:
+        """Consecutive segments from different networks (where adapters may sit)."""
+        return [AdapterId(a, b) for a, b in zip(self.segments, self.segments[1:]) if a.network != b.network]
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    name: str
+    unit: AggregatorKind
+    inputs: tuple[Ref, ...]
+    features: tuple[Ref, ...] = ()
+    where: Where = ()
+
+    @property
+    def id(self) -> AggregatorId:
+        return AggregatorId(self.name)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.unit.outputs(self.name, [r.name for r in self.inputs])
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The mean of some paths' logits that every evaluation reports (``mean(networks)``, ``mean(paths)``)."""
+
+    name: str
+    members: tuple[str, ...]
+    describes: str
+
+
+@dataclass(frozen=True)
+class Link:
+    """One resolved, expanded link.
+
+    ``trains``: the owners it names, or None for "the target's own parameters";
+    ``trains_all``: it trains everything its loss depends on.
+    """
+
+    name: str
+    loss: LinkKind
+    gate: Gate
+    source: Ref
+    target: Ref
+    weight: float
+    trains: frozenset[ModuleId] | None = None
+    trains_all: bool = False
+    where: Where = ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage: its active links (None: all) and the networks it freezes."""
+
+    name: str
+    epochs: int
+    links: frozenset[str] | None = None
+    freeze: frozenset[str] = frozenset()
+
+
+@dataclass
+class KTGraph:
+    """The resolved graph. ``stages`` always holds at least one (``main`` when the file declares none)."""
+
+    name: str | None
+    description: str
+    networks: dict[str, Network]
+    paths: dict[str, Path]
+    aliases: dict[str, str]
+    aggregators: dict[str, Aggregator]
+    ensembles: dict[str, Ensemble]
+    links: list[Link]
+    stages: list[Stage]
+    staged: bool
+    data: DataSettings
+    train: TrainSettings
+    document: dict[str, Any]
+    source: Any = None
+
+    @property
+    def segments(self) -> list[SegmentId]:
+        return [s for net in self.networks.values() for s in net.segments]
+
+    def path_of_feature(self, segment: SegmentId) -> tuple[SegmentId, ...]:
+        """The own-path prefix that ends in ``segment``."""
+        own = self.networks[segment.network].segments
+        return own[: own.index(segment) + 1]
+
+    def aggregator_of(self, output: str) -> Aggregator:
+        return next(a for a in self.aggregators.values() if output in a.outputs)
+
+    def frozen_in(self, stage: Stage) -> frozenset[str]:
+        """The networks that stay fixed in ``stage``: frozen in the file, or by the stage's ``freeze``."""
+        return frozenset(n for n, net in self.networks.items() if net.frozen) | stage.freeze
+
+    def node_kind(self, node: str) -> str:
+        if node in self.networks:
+            return "network"
+        if node in self.paths:
+            return "cross path"
+        if node in self.ensembles:
+            return "ensemble"
+        return "aggregate"
+
+    def node_route(self, node: str) -> str:
+        """How a node is computed, in words (``net1.up > net2.down``, ``mean(net1, net2)``)."""
+        if node in self.paths:
+            return " > ".join(map(str, self.paths[node].segments))
+        if node in self.ensembles:
+            return self.ensembles[node].describes
+        agg = next((a for a in self.aggregators.values() if node in a.outputs), None)
+        return f"{agg.unit.kind}({', '.join(r.name for r in agg.inputs)})" if agg else ""

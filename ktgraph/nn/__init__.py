@@ -1,1 +1,0 @@
-"""Small single-purpose building blocks: per-sample losses, gates, aggregators, adapters."""

@@ -1,0 +1,83 @@
+"""Lifecycle hooks: the trainer calls each unit's ``on_epoch_start`` and ``on_epoch_end``.
+
+An aggregator's ``on_epoch_end`` gets the held-out split as its own input records (the logits
+and features it reads, and the labels), computed with the eval plan, so a unit can re-estimate
+its state between epochs (KDCL-General's weights from a validation covariance, for instance).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..bind import GraphModules
+from ..compile import Plan
+from ..graph import Aggregator, KTGraph
+from ..kinds import AggregatorInput, EpochInfo, Unit
+from .executor import Executor
+
+
+@dataclass
+class HeldOutInputs:
+    """The held-out split as one aggregator's input records, one per batch, without gradients."""
+
+    plan: Plan
+    aggregator: Aggregator
+    modules: GraphModules
+    loader: DataLoader
+    device: torch.device
+
+    def batches(self) -> Iterator[AggregatorInput]:
+        nodes = [r.name for r in self.aggregator.inputs + self.aggregator.features]
+        sub = self.plan.restrict(nodes)
+        named = {**sub.features, **sub.outputs}
+        executor = Executor(sub, self.modules)
+        was_training = self.modules.training
+        self.modules.eval()
+        try:
+            with torch.no_grad():
+                for images, labels in self.loader:
+                    images, labels = images.to(self.device), labels.to(self.device)
+                    values = executor.forward(images)
+                    yield AggregatorInput([values[named[r.name]] for r in self.aggregator.inputs],
+                                          [values[named[r.name]] for r in self.aggregator.features], labels)
+        finally:
+            self.modules.train(was_training)
+
+
+class Hooks:
+    """The units of a graph that have hooks, and how to call them."""
+
+    def __init__(self, graph: KTGraph, modules: GraphModules, eval_plan: Plan, heldout: DataLoader | None,
+                 device: torch.device) -> None:
+        self.modules = modules
+        self.eval_plan = eval_plan
+        self.heldout = heldout
+        self.device = device
+        self.aggregators = [a for a in graph.aggregators.values() if a.unit.has_hooks()]
+        self.units: list[Unit] = list({id(u): u for u in (*(l.loss for l in graph.links),
+                                                          *(l.gate for l in graph.links))
+                                       if u.has_hooks()}.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.aggregators or self.units)
+
+    def _module(self, agg: Aggregator) -> Any:
+        return self.modules.module(agg.id)
+
+    def epoch_start(self, epoch: EpochInfo) -> None:
+        for agg in self.aggregators:
+            agg.unit.on_epoch_start(self._module(agg), epoch)
+        for unit in self.units:
+            unit.on_epoch_start(None, epoch)
+
+    def epoch_end(self, epoch: EpochInfo) -> None:
+        for agg in self.aggregators:
+            heldout = None if self.heldout is None else HeldOutInputs(self.eval_plan, agg, self.modules,
+                                                                      self.heldout, self.device)
+            agg.unit.on_epoch_end(self._module(agg), epoch, heldout)
+        for unit in self.units:
+            unit.on_epoch_end(None, epoch, None)

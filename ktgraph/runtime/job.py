@@ -1,0 +1,98 @@
+"""A job: a graph with its data, its modules and its program, built once for everything a run does.
+
+:func:`prepare` binds and compiles exactly once; the trainer, the Xross table, ``pick`` and the
+report all read the job's program. Without data (``ktgraph plan``, ``render``, ``validate``),
+the number of classes and the image size come from the file or the data set's registration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..bind import BoundGraph, GraphModules, bind
+from ..compile import Plan, Program, compile_program
+from ..compile.pipeline import Trace
+from ..data import DataBundle, build_data, data_info
+from ..errors import GraphError
+from ..graph import KTGraph
+from ..kinds import GateContext
+from .executor import Executor
+
+
+@dataclass
+class Job:
+    graph: KTGraph
+    bound: BoundGraph
+    program: Program
+    data: DataBundle | None
+    device: torch.device
+
+    @property
+    def modules(self) -> GraphModules:
+        return self.bound.modules
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.bound.input_shape
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GraphError("train.device is `cuda` but no CUDA device is available", where=("train", "device"),
+                         suggestion="use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def prepare(graph: KTGraph, *, with_data: bool = True, device: str | torch.device | None = None,
+            trace: Trace | None = None) -> Job:
+    """Load the data (unless ``with_data`` is false), bind the graph and compile its program, once.
+
+    ``trace`` sees every plan after lowering and after each pass (``ktgraph plan --passes``).
+    """
+    try:
+        target = torch.device(device) if device is not None else resolve_device(graph.train.device)
+        if target.type == "cpu":
+            # Subnormal floats (common once images have flat backgrounds) make CPU convolutions
+            # tens of times slower; flushing them changes nothing measurable.
+            torch.set_flush_denormal(True)
+        torch.manual_seed(graph.train.seed)
+        data = build_data(graph.data, graph.train.seed) if with_data else None
+        info = data.info if data is not None else data_info(graph.data)
+    except GraphError as err:
+        if graph.source is not None:
+            graph.source.locate(err)
+        raise
+    bound = bind(graph, info.num_classes, (info.in_channels, info.image_size, info.image_size))
+    program = compile_program(bound, trace=trace)
+    dry_run(program, bound)
+    bound.modules.to(target)
+    return Job(graph, bound, program, data, target)
+
+
+def dry_run(program: Program, bound: BoundGraph) -> None:
+    """Run every plan of the program once on a tiny batch, so a mismatch is a graph error before training."""
+    x = torch.zeros(2, *bound.input_shape)
+    labels = torch.zeros(2, dtype=torch.long)
+    modules = bound.modules
+    was_training = modules.training
+    modules.eval()
+    try:
+        with torch.no_grad():
+            for plan in (*program.stages, program.eval):
+                _probe(plan, modules, x, labels)
+    finally:
+        modules.train(was_training)
+
+
+def _probe(plan: Plan, modules: GraphModules, x: torch.Tensor, labels: torch.Tensor) -> None:
+    executor = Executor(plan, modules)
+    try:
+        values = executor.forward(x, labels, GateContext())
+        executor.losses(values, labels, GateContext())
+    except Exception as err:  # any failure of user-chosen code is a graph error, not a traceback
+        raise GraphError(f"the graph fails a dry run on a {tuple(x.shape)} input: {type(err).__name__}: {err}",
+                         suggestion="check the shapes of paths and aggregator inputs (`ktgraph plan` lists "
+                                    "every step)") from None

@@ -1,0 +1,90 @@
+"""The ``data`` and ``train`` sections of a graph file: what the data loaders and the trainer read.
+
+The language validates them (strictly, like every section); the resolved graph carries them
+to the runtime as they are, so the runtime reads settings, never the parsed file.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from .config import Strict, choice_error
+from .data import DATASETS
+
+
+def _dataset_name(name: str) -> str:
+    if name not in DATASETS:
+        raise choice_error("dataset", name, DATASETS.list())
+    return name
+
+
+class DataSettings(Strict):
+    """Which images to train on and how to augment them."""
+
+    name: Annotated[str, AfterValidator(_dataset_name)] = "digits"
+    root: str | None = None
+    image_size: int | None = Field(None, gt=0)
+    crop_padding: int | None = Field(None, ge=0)
+    flip: bool | None = None
+    normalize: bool = True
+    val_split: float = Field(0.0, ge=0.0, lt=1.0)
+    limit_train: int | None = Field(None, gt=0)
+    limit_test: int | None = Field(None, gt=0)
+    num_classes: int | None = Field(None, gt=0)  # read from the data when unset
+    num_workers: int = Field(0, ge=0)
+
+
+
+class OptimizerSettings(Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    @model_validator(mode="after")
+    def _fields_of_this_optimizer(self) -> OptimizerSettings:
+        if self.name == "adamw" and (self.nesterov or self.momentum != 0.9):
+            raise ValueError("`momentum` and `nesterov` apply to sgd; adamw uses `betas`")
+        if self.name == "sgd" and self.betas != (0.9, 0.999):
+            raise ValueError("`betas` apply to adamw; sgd uses `momentum`")
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs a momentum above 0")
+        return self
+
+
+class ScheduleSettings(Strict):
+    name: Literal["constant", "multistep", "cosine"] = "cosine"
+    milestones: list[int] = []
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _fields_of_this_schedule(self) -> ScheduleSettings:
+        if self.name != "multistep" and (self.milestones or self.gamma != 0.1):
+            raise ValueError(f"`milestones` and `gamma` apply to the multistep schedule, not `{self.name}`")
+        if self.name != "cosine" and self.min_lr:
+            raise ValueError(f"`min_lr` applies to the cosine schedule, not `{self.name}`")
+        return self
+
+
+class TrainSettings(Strict):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    update: Literal["simultaneous", "alternating"] = "simultaneous"
+    bn_stats: Literal["own", "all"] = "own"
+    tensorboard: bool = False
+    optimizer: OptimizerSettings = OptimizerSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _bool_amp(cls, value: Any) -> Any:
+        return {False: "off", True: "bf16"}.get(value, value) if isinstance(value, bool) else value
