@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ktgraph.app.load import load_graph
+from ktgraph.graph import load_graph
 from ktgraph.bind import bind
 from ktgraph.compile import compile_program
 from ktgraph.kinds import GateContext

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ktgraph.app.load import load_graph
+from ktgraph.graph import load_graph
 from ktgraph.compile.format import format_plan
 from ktgraph.runtime import Executor, Trainer, evaluate, make_loader, prepare
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 from ktgraph.app.cli import main, titled_plans
-from ktgraph.app.load import load_graph
+from ktgraph.graph import load_graph
 from ktgraph.app.render import Details
 from ktgraph.compile import Aggregate
 from ktgraph.compile.format import display_names

@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT
 from ktgraph.app.cli import main
-from ktgraph.app.load import load_graph
+from ktgraph.graph import load_graph
 from ktgraph.runtime import prepare
 from ktgraph.runtime.trainer import Trainer
 

@@ -17,7 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import ROOT
 from ktgraph.app.cli import main
-from ktgraph.app.load import load_graph, load_run
+from ktgraph.app.load import load_run
+from ktgraph.graph import load_graph
 from ktgraph.app.pick import pareto_front, pick_path
 from ktgraph.app.tables import format_tables
 from ktgraph.app.xross import best_epochs

@@ -14,13 +14,12 @@ from ..compile import Plan
 from ..compile.format import format_plan
 from ..data import DATASETS, find_data
 from ..errors import GraphError, TrainingError
-from ..graph import KTGraph
+from ..graph import KTGraph, load_graph
 from ..kinds import ADAPTERS, AGGREGATORS, GATES, LINKS
 from ..registry import Registry
 from ..runtime import Job, prepare
 from ..runtime.rundir import CONFIG
 from ..zoo import MODELS
-from .load import load_graph
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, plans_dot, render
 from .report import write_report

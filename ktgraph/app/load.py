@@ -1,4 +1,4 @@
-"""The first step of every command: a graph file read, validated and resolved; a run directory brought back."""
+"""A run directory brought back: its graph, its job and the last checkpoint's weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,16 +7,9 @@ from pathlib import Path
 import torch
 
 from ..errors import GraphError, TrainingError
-from ..graph import KTGraph, build_graph
+from ..graph import KTGraph, load_graph
 from ..runtime import Job, RunDir, prepare, resolve_device
 from ..runtime.checkpoint import upgrade_state
-from ..spec import load_spec
-
-
-def load_graph(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
-               allow_imports: bool = False) -> KTGraph:
-    """Read, validate and resolve a graph file; ``imports:`` run only with ``allow_imports``."""
-    return build_graph(load_spec(path, overrides, allow_imports=allow_imports))
 
 
 @dataclass

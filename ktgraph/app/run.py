@@ -12,14 +12,12 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-import torchvision
 
-from .. import __version__
 from ..graph import KTGraph
 from ..runtime import RunDir, Trainer, prepare
 from ..runtime.rundir import ENV, GRAPH_SVG, SUMMARY
@@ -36,8 +34,8 @@ def default_run_dir(graph: KTGraph, graph_file: str | Path) -> Path:
 
 def environment(graph: KTGraph, argv: list[str], device: str) -> dict[str, Any]:
     return {"seed": graph.train.seed, "device": device, "command": argv, "python": sys.version.split()[0],
-            "platform": platform.platform(), "ktgraph": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "platform": platform.platform(), "ktgraph": version("ktgraph"), "torch": torch.__version__,
+            "torchvision": version("torchvision"), "timm": version("timm"),
             "cuda": torch.version.cuda, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 

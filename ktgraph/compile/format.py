@@ -18,10 +18,15 @@ def display_names(plan: Plan) -> dict[str, str]:
     return names
 
 
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape)) or "scalar"
+
+
 def format_plan(plan: Plan, title: str = "") -> str:
     names = display_names(plan)
     lines = [f"plan{(' for ' + title) if title else ''} ({plan.mode}): {len(plan.steps)} steps, "
-             f"{len(plan.terms)} loss terms, {len(plan.groups)} gradient group(s)", "", "steps:"]
+             f"{len(plan.terms)} loss terms, {len(plan.groups)} gradient group(s)", "",
+             f"steps (input x: {_shape(plan.values[INPUT].shape)}; each value's shape per sample after `#`):"]
     use = plan.consumers()
     readers: dict[str, list[str]] = {}
     for node, value in {**plan.features, **plan.outputs}.items():
@@ -36,6 +41,7 @@ def format_plan(plan: Plan, title: str = "") -> str:
                 note.append("= " + ", ".join(readers[out]))
         if isinstance(step, Call) and step.stats == "keep":
             note.append("batch statistics, running ones kept")
+        note.append(" ".join(_shape(plan.values[out].shape) for out in step.outputs))
         lines.append(f"  {index:>3}. {step.text(names)}" + (f"    # {'; '.join(note)}" if note else ""))
     if plan.fixed and plan.mode == "train":
         lines += ["", f"fixed networks (no gradient, eval mode): {', '.join(sorted(plan.fixed))}"]

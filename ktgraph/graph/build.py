@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import GraphError, unknown_name
 from ..kinds import AGGREGATORS, GATES, LINKS, AggregatorKind, LinkKind
-from ..spec.loader import LoadedGraph
+from ..spec.loader import LoadedGraph, load_spec
 from ..spec.schema import GraphSpec
 from ..spec.validate import GraphErrors, convert_errors
 from .ids import AdapterId, AggregatorId, ModuleId
@@ -265,6 +265,12 @@ def _unit(cls: type[BaseModel], fields: Any, where: Where) -> Any:
         for err in errors:
             err.where = where + err.where
         raise (errors[0] if len(errors) == 1 else GraphErrors(errors)) from None
+
+
+def load_graph(path: str | FilePath, overrides: list[str] | tuple[str, ...] = (), *,
+               allow_imports: bool = False) -> KTGraph:
+    """Read, validate and resolve a graph file; its ``imports:`` run only with ``allow_imports``."""
+    return build_graph(load_spec(path, overrides, allow_imports=allow_imports))
 
 
 def build_graph(loaded: LoadedGraph | GraphSpec) -> KTGraph:
