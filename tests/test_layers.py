@@ -91,3 +91,65 @@ def test_nothing_below_graph_reads_the_spec():
 def test_modules_stay_small():
     long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert long == {}
+
+
+# --- the picture in docs/index.md -----------------------------------------------------------------
+PICTURE = PACKAGE.parent / "docs" / "images" / "layers.dot"
+ROLES = {
+    "spec": "the language: schema from the registries,\nsafe YAML with lines, overrides, imports",
+    "graph": "resolved records: networks, paths,\naggregators, links, stages; typed ids",
+    "bind": "models built and cut; shapes, adapters,\nregressors from a dry run",
+    "compile": "plan IR (values with shapes),\nlowering and passes -> program",
+    "runtime": "executor, trainer, hooks, evaluation,\nmeasurement, checkpoints, run directory",
+    "app": "run, eval, pick, report, render, CLI",
+    "kinds": "link kinds, gates,\naggregators, adapters", "zoo": "models, cuts, segments",
+    "data": "data sets", "settings": "data and train sections",
+    "registry": "one registry mechanism", "config": "strict sections", "errors": "located errors",
+}
+
+
+def package_edges() -> set[tuple[str, str]]:
+    """(importer, imported) between ktgraph's packages, transitively reduced: what the picture draws."""
+    packages = nx.DiGraph()
+    for a, b in GRAPH.edges():
+        pa, pb = (m.split(".")[1] if "." in m else "" for m in (a, b))
+        if pa in ROLES and pb in ROLES and pa != pb:
+            packages.add_edge(pa, pb)
+    return set(nx.transitive_reduction(packages).edges())
+
+
+def layers_dot() -> str:
+    """The picture: data flows down the pipeline; an arrow points from what is used to its user."""
+    lines = ["digraph layers {", '  rankdir=TB; nodesep=0.3; ranksep=0.35; fontname="Helvetica";',
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, fillcolor="#dbe9f6"];',
+             '  edge [dir=back, color="#555555"];',
+             '  input [label="graph file (YAML) + overrides", shape=note, fillcolor="#eeeeee"];',
+             '  output [label="run directory: config, metrics, checkpoints,\\nXross table, report", shape=note,'
+             ' fillcolor="#eeeeee"];', "  \"spec\" -> input;", "  output -> \"app\";"]
+    vocabulary = {"kinds", "zoo", "data", "settings", "registry", "config", "errors"}
+    for name, role in ROLES.items():
+        fill = ', fillcolor="#fde0c5"' if name in vocabulary else ""
+        label = f"{name}/\\n{role}".replace("\n", "\\n")
+        lines.append(f'  "{name}" [label="{label}"{fill}];')  # quoted: `graph` is a DOT keyword
+    lines.append('  { rank=same; "kinds"; "zoo"; "data"; }')
+    lines.append('  { rank=same; "registry"; "config"; "errors"; }')
+    lines += [f'  "{a}" -> "{b}";' for a, b in sorted(package_edges())]
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def test_the_layers_picture_matches_the_code():
+    drawn = set()
+    for line in PICTURE.read_text().splitlines():
+        parts = line.strip().rstrip(";").replace('"', "").split(" -> ")
+        if len(parts) == 2 and parts[0] in ROLES and parts[1] in ROLES:
+            drawn.add((parts[0], parts[1]))
+    assert drawn == package_edges(), "regenerate it: python tests/test_layers.py"
+
+
+if __name__ == "__main__":  # writes docs/images/layers.dot and .svg from the code as it is
+    from ktgraph.app.render.dot import find_renderer  # noqa: E402 -- only when regenerating
+    import subprocess  # noqa: E402
+
+    PICTURE.write_text(layers_dot())
+    svg = subprocess.run([*find_renderer(), "-Tsvg"], input=PICTURE.read_bytes(), capture_output=True, check=True)
+    PICTURE.with_suffix(".svg").write_bytes(svg.stdout)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..compile import Plan
 from ..compile.format import format_plan
+from ..compile.pipeline import Trace
 from ..data import DATASETS, find_data
 from ..errors import GraphError, TrainingError
 from ..graph import KTGraph, load_graph
@@ -37,19 +38,9 @@ def _split_targets(items: list[str]) -> tuple[list[str], list[str]]:
     return [i for i in items if i not in overrides], overrides
 
 
-def _build(graph: KTGraph, trace=None) -> Job:
+def _build(graph: KTGraph, trace: Trace | None = None) -> Job:
     """Modules and program without the data: shapes, adapters and regressors fixed, every plan dry-run."""
-    try:
-        return prepare(graph, with_data=False, device="cpu", trace=trace)
-    except GraphError as err:
-        raise _located(err, graph) from None
-
-
-def _located(err: GraphError, graph: KTGraph) -> GraphError:
-    """Give an error raised while building modules the file and line of its field."""
-    if graph.source is not None:
-        graph.source.locate(err)
-    return err
+    return prepare(graph, with_data=False, device="cpu", trace=trace)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -72,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         train(graph, run_dir, resume=bool(args.resume), progress_bar=not args.no_progress, argv=sys.argv)
     except GraphError as err:
-        raise _located(err, graph) from None
+        raise graph.locate(err) from None
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: ktgraph run --resume {run_dir}", file=sys.stderr)
         return 130
@@ -91,7 +82,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             try:
                 find_data(graph.data)  # the files are there (none is read)
             except GraphError as err:
-                raise _located(err, graph) from None
+                raise graph.locate(err) from None
             if not args.no_build:
                 _build(graph)
             print(f"{file}: ok ({len(graph.networks)} networks, {len(graph.paths)} paths, "

@@ -57,9 +57,7 @@ def bind(graph: KTGraph, num_classes: int, input_shape: Shape) -> BoundGraph:
     try:
         return _Binder(graph, num_classes, tuple(input_shape)).bind()
     except GraphError as err:
-        if graph.source is not None:
-            graph.source.locate(err)
-        raise
+        raise graph.locate(err) from None
 
 
 class _Binder:

@@ -22,6 +22,13 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "×".join(map(str, shape)) or "scalar"
 
 
+def _trains(term: Term) -> str:
+    if not term.deps:  # not routed yet: what the link asks for
+        asked = "all it depends on" if term.wanted is None else ", ".join(map(str, by_name(term.wanted)))
+        return f"asks to train {asked or 'nothing'}"
+    return "trains " + (", ".join(map(str, by_name(term.trains))) or "nothing")
+
+
 def format_plan(plan: Plan, title: str = "") -> str:
     names = display_names(plan)
     lines = [f"plan{(' for ' + title) if title else ''} ({plan.mode}): {len(plan.steps)} steps, "
@@ -53,9 +60,8 @@ def format_plan(plan: Plan, title: str = "") -> str:
         for node, terms in by_node.items():
             lines.append(f"  L[{node}] =")
             for i, term in enumerate(terms):
-                trains = ", ".join(map(str, by_name(term.trains))) or "nothing"
                 lines.append(f"      {'+' if i else ' '} {term.formula(names)}")
-                lines.append(f"          link {term.link}; trains {trains}")
+                lines.append(f"          link {term.link}; {_trains(term)}")
     if plan.groups:
         lines += ["", "gradient groups (one backward each, restricted to these parameters):"]
         for i, group in enumerate(plan.groups, 1):

@@ -10,7 +10,7 @@ output and ensemble.
 from __future__ import annotations
 
 from ..bind import BoundGraph
-from ..graph import AdapterId, Link, ModuleId, Ref, SegmentId, Stage
+from ..graph import AdapterId, Aggregator, KTGraph, Link, ModuleId, Ref, SegmentId, Stage
 from ..kinds import AGGREGATORS
 from .ir import INPUT, Aggregate, Call, Plan, Shape, Step, Term, Value
 
@@ -114,18 +114,26 @@ def lower_train(bound: BoundGraph, stage: Stage) -> Plan:
 
 
 def lower_eval(bound: BoundGraph) -> Plan:
-    """Every path, aggregator output (but those that read the labels) and ensemble, as outputs."""
+    """Every path, aggregator output (but those that need the labels) and ensemble, as outputs."""
     graph = bound.graph
     lowering = Lowering(bound)
     for path in graph.paths.values():
         lowering.value(Ref("logits", path.name))
     for agg in graph.aggregators.values():
-        for ref in agg.inputs + agg.features:  # what a unit's held-out hook reads, even if it is not reported
-            lowering.value(ref)
-        if not agg.unit.uses_labels:
+        if not _needs_labels(graph, agg):
             for out in agg.outputs:
                 lowering.value(Ref("aggregate", out))
+        elif all(r.kind != "aggregate" or not _needs_labels(graph, graph.aggregator_of(r.name))
+                 for r in agg.inputs):
+            for ref in agg.inputs + agg.features:  # what its held-out hook reads, though it is not reported
+                lowering.value(ref)
     for name in graph.ensembles:
         lowering.value(Ref("aggregate", name))
     return lowering.plan("eval", None)
+
+
+def _needs_labels(graph: KTGraph, agg: Aggregator) -> bool:
+    """Whether an aggregator reads the labels, itself or through the aggregators it reads."""
+    return agg.unit.uses_labels or any(_needs_labels(graph, graph.aggregator_of(r.name))
+                                       for r in agg.inputs if r.kind == "aggregate")
 

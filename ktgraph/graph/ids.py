@@ -8,23 +8,31 @@ same for every graph that has the module (link names never enter it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
+
+
+class _Id:
+    @property
+    def key(self) -> str:
+        """Its name in a state dict (ModuleDict keys cannot hold dots)."""
+        return str(self).replace(".", ":")
+
+
+class _OfNoNetwork(_Id):
+    network: ClassVar[None] = None  # no network's freeze reaches it
 
 
 @dataclass(frozen=True, order=True)
-class SegmentId:
+class SegmentId(_Id):
     network: str
     part: str
 
     def __str__(self) -> str:
         return f"{self.network}.{self.part}"
 
-    @property
-    def key(self) -> str:
-        return f"{self.network}:{self.part}"
-
 
 @dataclass(frozen=True, order=True)
-class AdapterId:
+class AdapterId(_OfNoNetwork):
     """The adapter at a junction: ``up``'s output made to fit ``down``'s input."""
 
     up: SegmentId
@@ -33,33 +41,17 @@ class AdapterId:
     def __str__(self) -> str:
         return f"{self.up}>{self.down}"
 
-    @property
-    def key(self) -> str:
-        return f"{self.up.key}>{self.down.key}"
-
-    @property
-    def network(self) -> None:
-        return None
-
 
 @dataclass(frozen=True, order=True)
-class AggregatorId:
+class AggregatorId(_OfNoNetwork):
     name: str
 
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def key(self) -> str:
-        return self.name
-
-    @property
-    def network(self) -> None:
-        return None
-
 
 @dataclass(frozen=True, order=True)
-class RegressorId:
+class RegressorId(_OfNoNetwork):
     """The regressor of a mimic link: maps the ``target`` node's value to the ``source`` node's shape."""
 
     target: str
@@ -71,10 +63,6 @@ class RegressorId:
     @property
     def key(self) -> str:
         return f"{self.target}>{self.source}".replace(".", ":")
-
-    @property
-    def network(self) -> None:
-        return None
 
 
 ModuleId = SegmentId | AdapterId | AggregatorId | RegressorId

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import GraphError
 from ..kinds import AggregatorKind, Gate, LinkKind
 from ..settings import DataSettings, TrainSettings
 from .ids import AdapterId, AggregatorId, ModuleId, SegmentId
@@ -152,6 +153,10 @@ class KTGraph:
     train: TrainSettings
     document: dict[str, Any]
     source: Any = None
+
+    def locate(self, err: GraphError) -> GraphError:
+        """``err`` with the file and line of its field, when the graph came from a file."""
+        return self.source.locate(err) if self.source is not None else err
 
     @property
     def segments(self) -> list[SegmentId]:

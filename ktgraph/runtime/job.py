@@ -62,9 +62,7 @@ def prepare(graph: KTGraph, *, with_data: bool = True, device: str | torch.devic
         data = build_data(graph.data, graph.train.seed) if with_data else None
         info = data.info if data is not None else data_info(graph.data)
     except GraphError as err:
-        if graph.source is not None:
-            graph.source.locate(err)
-        raise
+        raise graph.locate(err) from None
     bound = bind(graph, info.num_classes, (info.in_channels, info.image_size, info.image_size))
     program = compile_program(bound, trace=trace)
     dry_run(program, bound)
