@@ -10,6 +10,7 @@ listed under ``imports:`` (opt-in).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -80,6 +81,14 @@ class Registry(Generic[E]):
     def metadata(self, name: str) -> dict[str, Any]:
         self.get(name)
         return dict(self._metadata[name])
+
+    def describe(self, name: str) -> str:
+        """One line about an entry: its ``description`` metadata, else the first line of its docstring."""
+        entry = self.get(name)
+        text = self._metadata[name].get("description")
+        if text is None and not isinstance(entry, functools.partial):
+            text = (getattr(entry, "__doc__", None) or "").strip().split("\n")[0]
+        return str(text or "")
 
     def entries(self) -> list[E]:
         """Every entry, in registration order."""

@@ -132,13 +132,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Every registered name of one registry (or of all), with its one-line description."""
+    if args.registry is not None and args.registry not in REGISTRIES:  # `ktgraph list 'res*'`: a pattern
+        args.registry, args.pattern = None, args.registry
     for what in [args.registry] if args.registry else list(REGISTRIES):
         registry = REGISTRIES[what]
-        if not args.registry:
+        if not args.registry and registry.list(args.pattern):
             print(f"{what}:")
         for name in registry.list(args.pattern):
-            doc = (getattr(registry[name], "__doc__", "") or "").strip().splitlines()
-            print(f"  {name:<20} {doc[0] if doc else ''}".rstrip())
+            print(f"  {name:<20} {registry.describe(name)}".rstrip())
     return 0
 
 
@@ -221,7 +222,8 @@ def parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="list what a graph file can name: models, datasets, links, gates, "
                                           "aggregators, adapters")
-    listing.add_argument("registry", nargs="?", choices=list(REGISTRIES), help="one registry (default: all)")
+    listing.add_argument("registry", nargs="?", metavar="REGISTRY",
+                         help=f"one of {', '.join(REGISTRIES)} (default: all)")
     listing.add_argument("pattern", nargs="?", default="*", help="a shell-style pattern, e.g. 'res*'")
     listing.set_defaults(func=cmd_list)
 

@@ -71,8 +71,8 @@ def xross_table(run_dir: str | Path, *, split: str = "test", progress: bool = Tr
     batch_size = batch_size or graph.train.eval_batch_size
     nodes = row_nodes(graph, plan)
     if accuracy is None or not set(nodes) <= set(accuracy):
-        batches = tqdm(make_loader(dataset, batch_size), desc=f"evaluating on {split}", leave=False,
-                       disable=not progress, dynamic_ncols=True)
+        batches = tqdm(make_loader(dataset, batch_size, num_workers=graph.data.num_workers),
+                       desc=f"evaluating on {split}", leave=False, disable=not progress, dynamic_ncols=True)
         accuracy = evaluate(Executor(plan.restrict(nodes), job.modules), batches, job.device, job.data.num_classes)
     def bar(items: list[str]) -> Any:
         return tqdm(items, desc="measuring costs", leave=False, disable=not progress, dynamic_ncols=True)

@@ -31,12 +31,16 @@ DATASETS: Registry[Loader] = Registry("dataset")
 functions of the settings that find them without reading the images (a folder listing); and
 ``find``, which checks that the files are there without reading them (``ktgraph validate``)."""
 register_dataset = DATASETS.register
-register_dataset(name="digits", num_classes=10, image_size=digits.DEFAULT_SIZE)(digits.load)
-register_dataset(name="cifar10", num_classes=10, image_size=cifar.SIZE, find=cifar.find_cifar10)(cifar.load_cifar10)
-register_dataset(name="cifar100", num_classes=100, image_size=cifar.SIZE,
-                 find=cifar.find_cifar100)(cifar.load_cifar100)
+register_dataset(name="digits", num_classes=10, image_size=digits.DEFAULT_SIZE,
+                 description="scikit-learn's 8x8 handwritten digits, bundled (offline)")(digits.load)
+register_dataset(name="cifar10", num_classes=10, image_size=cifar.SIZE, find=cifar.find_cifar10,
+                 description="CIFAR-10, from the python-pickle folder at data.root")(cifar.load_cifar10)
+register_dataset(name="cifar100", num_classes=100, image_size=cifar.SIZE, find=cifar.find_cifar100,
+                 description="CIFAR-100 (fine labels), from the python-pickle folder at data.root")(cifar.load_cifar100)
 register_dataset(name="image_folder", num_classes=image_folder.count_classes,
-                 image_size=image_folder.first_image_size, find=image_folder.count_classes)(image_folder.load)
+                 image_size=image_folder.first_image_size, find=image_folder.count_classes,
+                 description="class folders under data.root/train and a labelled val/ (Tiny ImageNet's layout)")(
+    image_folder.load)
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,12 @@ def make_adapter(kind: str, in_channels: int, out_channels: int) -> nn.Module:
 
 @register_adapter(label="1x1 conv+ReLU")
 def conv1x1_relu(in_channels: int, out_channels: int) -> nn.Module:
+    """1x1 convolution (with bias) + ReLU: the XML seeds' junction adapter."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=False))
 
 
 @register_adapter(label="1x1 conv+BN+ReLU")
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Module:
+    """1x1 convolution (no bias) + BatchNorm + ReLU: FitNet's regressor."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
                          nn.ReLU(inplace=False))

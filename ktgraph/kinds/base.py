@@ -52,7 +52,7 @@ class Unit(Strict):
             return PydanticCustomError(
                 "unknown_field", "`{field}` applies to the {owners} {family} only, not `{kind}`",
                 {"field": key, "owners": " and ".join(owners), "family": cls.family, "kind": str(here.default),
-                 "expected": ", ".join(sorted(known)), "suggestion": ""})
+                 "expected": ", ".join(sorted(known - {"kind"})), "suggestion": ""})
         return super()._unknown_field(key, known)
 
     # --- lifecycle hooks (the trainer calls them; the defaults do nothing) ------------------------------

@@ -46,7 +46,7 @@ def convert_errors(exc: ValidationError, raw: Any) -> list[GraphError]:
         expected = suggestion = ""
         if kind == "unknown_field":
             loc = loc + (ctx["field"],)
-            expected = f"one of the fields {ctx['expected']}"
+            expected = f"one of the fields {ctx['expected']}" if ctx["expected"] else ""
             suggestion = ctx["suggestion"]
         elif kind == "unknown_choice":
             expected, suggestion = ctx["expected"], ctx["suggestion"]

@@ -165,6 +165,8 @@ def wrn(num_classes: int, depth: int, widen_factor: int, dropout: float = 0.0) -
 
 # The named shapes are partials of the two classes: one definition per family.
 for _depth in (8, 14, 20, 32, 44, 56, 110):
-    register_model(name=f"resnet{_depth}")(partial(CifarResNet, depth=_depth))
+    register_model(name=f"resnet{_depth}", description=f"CIFAR ResNet-{_depth}: 3 stages of 16/32/64 channels")(
+        partial(CifarResNet, depth=_depth))
 for _depth, _width in ((16, 2), (16, 4), (28, 2), (28, 10), (40, 2)):
-    register_model(name=f"wrn{_depth}_{_width}")(partial(WideResNet, depth=_depth, widen_factor=_width))
+    register_model(name=f"wrn{_depth}_{_width}", description=f"Wide ResNet-{_depth}-{_width} for CIFAR")(
+        partial(WideResNet, depth=_depth, widen_factor=_width))
