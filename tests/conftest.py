@@ -69,6 +69,16 @@ class Built:
         return {n: (p.grad.clone() if p.grad is not None else None) for n, p in self.model.named_parameters()}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tests run on tiny tensors, which gain nothing from threads; on a small, busy machine OpenMP's
+    spinning threads make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)

@@ -25,13 +25,6 @@ BROKEN_FILES = sorted(BROKEN.glob("*.yaml"))
 NO_HEADER = {"empty.yaml": "the graph file is empty"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shape dry runs are tiny; on a small, busy machine extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def header(path: Path) -> dict[str, str]:

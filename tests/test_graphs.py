@@ -40,12 +40,6 @@ NUM_CLASSES = 10
 BATCH = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_batch(seed: int = 1) -> tuple[Tensor, Tensor]:

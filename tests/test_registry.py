@@ -29,13 +29,6 @@ from ktgraph.zoo import MODELS, allowed_cuts, create_model, split
 LOSSES = torch.tensor([1.0, 2.0, 3.0, 6.0])  # mean 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a busy 2-core machine they only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 MASK = torch.tensor([1.0, 0.0, 1.0, 1.0])

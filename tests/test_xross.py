@@ -58,14 +58,6 @@ def path_macs(job: Job, node: str) -> int:
     return node_macs(job.modules, node_plan(job.program.eval, job.graph, node), job.input_shape)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from threads; on a busy 2-core machine OpenMP's spinning threads
-    make them tens of times slower. Restored for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
