@@ -13,6 +13,11 @@ from .config import Strict, choice_error
 from .data import DATASETS
 
 
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH = 65536
+MAX_SEED = 2**32 - 1  # torch seeds any 64-bit number; per-epoch seeds are derived from this one
+
+
 def _dataset_name(name: str) -> str:
     if name not in DATASETS:
         raise choice_error("dataset", name, DATASETS.list())
@@ -24,15 +29,23 @@ class DataSettings(Strict):
 
     name: Annotated[str, AfterValidator(_dataset_name)] = "digits"
     root: str | None = None
-    image_size: int | None = Field(None, gt=0)
-    crop_padding: int | None = Field(None, ge=0)
+    image_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE)
+    crop_padding: int | None = Field(None, ge=0, le=MAX_IMAGE_SIZE)
     flip: bool | None = None
     normalize: bool = True
     val_split: float = Field(0.0, ge=0.0, lt=1.0)
     limit_train: int | None = Field(None, gt=0)
     limit_test: int | None = Field(None, gt=0)
-    num_classes: int | None = Field(None, gt=0)  # read from the data when unset
-    num_workers: int = Field(0, ge=0)
+    num_classes: int | None = Field(None, gt=0, le=100_000)  # read from the data when unset
+    num_workers: int = Field(0, ge=0, le=256)
+    on_bad_image: Literal["error", "skip"] = "error"  # an image file that cannot be read
+
+    @model_validator(mode="after")
+    def _padding_within_image(self) -> DataSettings:
+        if self.image_size is not None and self.crop_padding is not None and self.crop_padding > self.image_size:
+            raise ValueError(f"`crop_padding` {self.crop_padding} is larger than the image ({self.image_size}): "
+                             "every crop would be mostly padding")
+        return self
 
 
 
@@ -42,7 +55,7 @@ class OptimizerSettings(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
 
     @model_validator(mode="after")
     def _fields_of_this_optimizer(self) -> OptimizerSettings:
@@ -57,7 +70,7 @@ class OptimizerSettings(Strict):
 
 class ScheduleSettings(Strict):
     name: Literal["constant", "multistep", "cosine"] = "cosine"
-    milestones: list[int] = []
+    milestones: list[Annotated[int, Field(gt=0)]] = []
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
     min_lr: float = Field(0.0, ge=0)
@@ -73,13 +86,16 @@ class ScheduleSettings(Strict):
 
 class TrainSettings(Strict):
     epochs: int = Field(10, gt=0)
-    batch_size: int = Field(64, gt=0)
-    eval_batch_size: int = Field(256, gt=0)
-    seed: int = 0
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH)
+    eval_batch_size: int = Field(256, gt=0, le=MAX_BATCH)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    keep_checkpoints: int = Field(1, ge=1, le=1000)  # epochs whose checkpoint is kept (1: checkpoints/last.pt only)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["off", "bf16", "fp16"] = "off"
     update: Literal["simultaneous", "alternating"] = "simultaneous"
     bn_stats: Literal["own", "all"] = "own"
+    batching: Literal["auto", "off", "inputs", "peers", "all"] = "auto"
+    compile: bool = False
     tensorboard: bool = False
     optimizer: OptimizerSettings = OptimizerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
@@ -88,3 +104,9 @@ class TrainSettings(Strict):
     @classmethod
     def _bool_amp(cls, value: Any) -> Any:
         return {False: "off", True: "bf16"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("batching", mode="before")
+    @classmethod
+    def _bool_batching(cls, value: Any) -> Any:
+        """YAML reads a bare `off` as false."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value

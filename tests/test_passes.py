@@ -141,7 +141,7 @@ def test_the_pipeline_is_the_passes_in_order(crossed):
     seen = []
     final = compile_plan(crossed, crossed.graph.stages[0], trace=lambda name, plan: seen.append(name))
     assert seen == ["lower", "prune_links", "eliminate_dead_steps", "route_gradients", "fix_untrained",
-                    "assign_batchnorm", "group_gradients"]
+                    "assign_batchnorm", "group_gradients", "fuse_calls", "choose_backward"]
     assert final.groups and final.fixed == {"c"}
 
 

@@ -1,13 +1,17 @@
 """The ``ktgraph`` command: run, validate, plan, render, eval, pick and report.
 
 User mistakes end with a located message and exit status 2, a failed run with status 3,
-never with a traceback.
+never with a traceback. SIGTERM (how job schedulers stop a job) is handled like Ctrl-C: the
+command stops where it is, leaves no temporary file, and ``run`` says how to resume (exit 143).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..compile import Plan
@@ -18,8 +22,9 @@ from ..errors import GraphError, TrainingError
 from ..graph import KTGraph, load_graph
 from ..kinds import ADAPTERS, AGGREGATORS, GATES, LINKS
 from ..registry import Registry
-from ..runtime import Job, prepare
-from ..runtime.rundir import CONFIG
+from ..runtime import Job, RunDir, prepare
+from ..runtime.checkpoint import write_error
+from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, plans_dot, render
@@ -30,11 +35,45 @@ from .xross import write_tables, xross_table
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is (as Ctrl-C raises KeyboardInterrupt), so cleanups run."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the command runs; the previous handler is restored."""
+    owner = os.getpid()
+
+    def stop(signum: int, frame: object) -> None:
+        if os.getpid() != owner:  # a DataLoader worker forked from this process: end quietly
+            os._exit(EXIT_TERMINATED)
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except (ValueError, AttributeError):  # not the main thread, or no SIGTERM on this platform
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _is_file(word: str) -> bool:
+    try:
+        return Path(word).exists()
+    except OSError:  # a name too long to be a file, say
+        return False
 
 
 def _split_targets(items: list[str]) -> tuple[list[str], list[str]]:
     """Positional words with ``=`` are overrides; the others are files."""
-    overrides = [i for i in items if "=" in i and not Path(i).exists()]
+    overrides = [i for i in items if "=" in i and not _is_file(i)]
     return [i for i in items if i not in overrides], overrides
 
 
@@ -46,9 +85,10 @@ def _build(graph: KTGraph, trace: Trace | None = None) -> Job:
 def cmd_run(args: argparse.Namespace) -> int:
     files, overrides = _split_targets(args.targets)
     if args.resume:
-        if files or overrides or args.out:
+        if files or overrides or args.out or args.overwrite:
             raise GraphError("--resume continues a run in place with its saved config: give no graph file, "
-                             "overrides or --out", file="command line", suggestion="ktgraph run --resume RUN_DIR")
+                             "overrides, --out or --overwrite", file="command line",
+                             suggestion="ktgraph run --resume RUN_DIR")
         run_dir = Path(args.resume)
         if not (run_dir / CONFIG).is_file():
             raise GraphError(f"{run_dir} is not a run directory (no {CONFIG})", file=str(run_dir))
@@ -61,12 +101,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else default_run_dir(graph, files[0])
     print(f"run directory: {run_dir}", file=sys.stderr)
     try:
-        train(graph, run_dir, resume=bool(args.resume), progress_bar=not args.no_progress, argv=sys.argv)
+        train(graph, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress_bar=not args.no_progress,
+              argv=sys.argv)
     except GraphError as err:
         raise graph.locate(err) from None
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: ktgraph run --resume {run_dir}", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        how = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+        if RunDir(run_dir).checkpoint.is_file():
+            print(f"\n{how}; continue with: ktgraph run --resume {run_dir}", file=sys.stderr)
+        else:
+            print(f"\n{how} before the first epoch ended: nothing to resume; run the same command again",
+                  file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     return 0
 
 
@@ -149,10 +195,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(value: int | None, flag: str, low: int, high: int = 65536) -> None:
+    if value is not None and not low <= value <= high:
+        raise GraphError(f"{flag} {value} is out of range", file="command line",
+                         expected=f"a whole number from {low} to {high}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    rows = xross_table(args.run_dir, split=args.split, progress=not args.no_progress, batch_size=args.batch_size,
-                       repeats=args.repeats, allow_imports=args.allow_imports)
-    written = write_tables(rows, args.run_dir)
+    _count(args.batch_size, "--batch-size", 1)
+    _count(args.repeats, "--repeats", 0, 10_000)
+    with RunDir(args.run_dir).lock("eval"):
+        rows = xross_table(args.run_dir, split=args.split, progress=not args.no_progress,
+                           batch_size=args.batch_size, repeats=args.repeats, allow_imports=args.allow_imports)
+        written = write_tables(rows, args.run_dir)
     print(format_tables(rows, title=f"Xross evaluation of {args.run_dir} ({args.split} split)"))
     print(f"wrote {written['csv']} and {written['markdown']}", file=sys.stderr)
     return 0
@@ -163,8 +218,13 @@ def cmd_pick(args: argparse.Namespace) -> int:
                                                       ("macs", "--max-macs", args.max_macs),
                                                       ("latency_ms", "--max-latency", args.max_latency))
                             if t is not None)
-    pick(args.run_dir, cost, parse_amount(text, flag), out=args.output, progress=not args.no_progress,
-         allow_imports=args.allow_imports)
+    run = RunDir(args.run_dir)
+    outside = args.output is not None and run.path.resolve() not in Path(args.output).resolve().parents
+    # Reading a finished table and writing elsewhere needs no lock (a read-only copy of a run works too).
+    lock = contextlib.nullcontext() if outside and (run / XROSS_CSV).is_file() else run.lock("pick")
+    with lock:
+        pick(args.run_dir, cost, parse_amount(text, flag), out=args.output, progress=not args.no_progress,
+             allow_imports=args.allow_imports)
     return 0
 
 
@@ -203,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
                      help="the graph file, then overrides such as train.epochs=200 data.name=cifar100")
     run.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="train into a --out folder that holds other files, replacing the run files there")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check graph files without training")
@@ -280,13 +342,23 @@ def main(argv: list[str] | None = None) -> int:
         top.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.targets = list(getattr(args, "targets", [])) + extra
     try:
-        return args.func(args)
+        with sigterm_raises():
+            return args.func(args)
     except GraphError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except TrainingError as err:
         print(f"run stopped: {err}", file=sys.stderr)
         return EXIT_RUN_FAILED
+    except OSError as err:  # outside the run directory's own writers (a picture, an export): said plainly
+        print(f"run stopped: {write_error(err, Path(err.filename or '.'))}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("\nstopped by SIGTERM", file=sys.stderr)
+        return EXIT_TERMINATED
 
 
 if __name__ == "__main__":

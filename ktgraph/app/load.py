@@ -38,8 +38,8 @@ def load_run(run_dir: str | Path, *, device: str | torch.device | None = None,
     run, graph = open_run(run_dir, allow_imports=allow_imports)
     if not run.checkpoint.is_file():
         raise TrainingError(f"no checkpoint at {run.checkpoint}; the run has not finished an epoch yet")
+    payload = run.load_checkpoint(map_location="cpu")  # checked before the slower building of the job
     job = prepare(graph, device="cpu")
-    payload = run.load_checkpoint(map_location="cpu")
     try:
         job.modules.load_state_dict(upgrade_state(payload["model"], job.bound.legacy_keys()))
     except (RuntimeError, KeyError) as err:
@@ -48,5 +48,6 @@ def load_run(run_dir: str | Path, *, device: str | torch.device | None = None,
     target = torch.device(device) if device is not None else resolve_device(graph.train.device)
     job.modules.to(target).eval()
     job.device = target
-    position = (payload["stage"], payload["epoch"]) if "stage" in payload and "epoch" in payload else None
+    stage, epoch = payload.get("stage"), payload.get("epoch")
+    position = (stage, epoch) if isinstance(stage, int) and isinstance(epoch, int) else None
     return LoadedRun(run, job, position)

@@ -8,7 +8,6 @@ it with ``torch.export`` (:mod:`ktgraph.runtime.export`): plain PyTorch loads an
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from ..errors import GraphError
 from ..runtime import RunDir
 from ..runtime.export import export_module, path_module
 from ..runtime.measure import Row
-from ..runtime.rundir import XROSS_CSV
+from ..runtime.rundir import XROSS_CSV, safe_name
 from .load import load_run
 from .tables import human_count as human
 from .tables import pareto_indices
@@ -115,7 +114,7 @@ def pick(run_dir: str | Path, cost: str, budget: float, *, out: str | Path | Non
     run = load_run(run_dir, device="cpu", allow_imports=allow_imports)
     module = path_module(run.job.bound, chosen.node)
     example = torch.randn(2, *run.job.input_shape, generator=torch.Generator().manual_seed(0))
-    out = Path(out) if out else run_dir / f"picked-{re.sub(r'[^A-Za-z0-9._-]', '_', chosen.node)}.pt2"
+    out = Path(out) if out else run_dir / f"picked-{safe_name(chosen.node, fallback='path')}.pt2"
     saved, how = export_module(module, example, out)
     echo(f"picked `{chosen.node}` ({chosen.kind}: {chosen.route}) under {COSTS[cost]} <= {human(budget)}\n"
          f"  top-1 {chosen.top1_last:.2f}% at the last epoch"

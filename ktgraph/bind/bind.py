@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import hashlib
+
 import torch
+from torch import nn
 
 from ..errors import GraphError
 from ..graph import AdapterId, KTGraph, Network, Ref, RegressorId, SegmentId
 from ..kinds import AUTO, NONE, AggregatorInput, GateContext, make_adapter
-from ..zoo import create_model, split
+from ..zoo import Segment, create_model, split
 from .modules import GraphModules
 
 Shape = tuple[int, ...]
@@ -34,6 +37,8 @@ class BoundGraph:
     aggregate_shapes: dict[str, Shape]  # the shape of each aggregator output
     regressors: dict[str, RegressorId]  # link name -> the regressor its target goes through
     regressor_kinds: dict[RegressorId, str]  # each regressor's adapter kind
+    fusable: dict[SegmentId, str | None]  # each segment's architecture signature, None if it cannot be batched
+    device: str = "cpu"  # the device type the modules will run on (what batching pays on)
 
     def value_shape(self, ref: Ref) -> Shape:
         """The shape of a node's value: every segment of any path gets its own-path input (adapters see to it)."""
@@ -52,17 +57,38 @@ class BoundGraph:
                 for link, rid in self.regressors.items()}
 
 
-def bind(graph: KTGraph, num_classes: int, input_shape: Shape) -> BoundGraph:
-    """Build and check every module of ``graph`` for ``num_classes`` classes and inputs of ``input_shape``."""
+def bind(graph: KTGraph, num_classes: int, input_shape: Shape, *, device: str = "cpu") -> BoundGraph:
+    """Build and check every module of ``graph`` for ``num_classes`` classes and inputs of ``input_shape``.
+
+    ``device`` is the type of device the modules will run on; it decides nothing here but is
+    what the compiler's batching pass reads.
+    """
     try:
-        return _Binder(graph, num_classes, tuple(input_shape)).bind()
+        return _Binder(graph, num_classes, tuple(input_shape), device).bind()
     except GraphError as err:
         raise graph.locate(err) from None
 
 
+def architecture(segment: Segment) -> str | None:
+    """What makes two segments' calls batchable as one: their model, stages, modules and parameter shapes.
+
+    None when a module forbids it: SyncBatchNorm (a collective per call) or a BatchNorm with a
+    cumulative average (``momentum=None``, whose update reads its counter as a Python number).
+    """
+    norms = [m for m in segment.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if any(isinstance(m, nn.SyncBatchNorm) or (m.track_running_stats and m.momentum is None) for m in norms):
+        return None
+    layout = [(name, type(m).__name__, [tuple(p.shape) for p in m.parameters(recurse=False)])
+              for path, held in segment.owned() for name, m in held.named_modules(prefix=path)]
+    digest = hashlib.sha1(repr((segment.stages, layout)).encode()).hexdigest()[:8]
+    return (f"{type(segment.network).__name__}[{'+'.join(segment.stages)}], {len(layout)} modules, "
+            f"{len(norms)} BatchNorm, #{digest}")
+
+
 class _Binder:
-    def __init__(self, graph: KTGraph, num_classes: int, input_shape: Shape) -> None:
+    def __init__(self, graph: KTGraph, num_classes: int, input_shape: Shape, device: str) -> None:
         self.graph = graph
+        self.device = device
         self.num_classes = num_classes
         self.input_shape = input_shape
         self.modules = GraphModules()
@@ -79,8 +105,10 @@ class _Binder:
         with torch.no_grad():
             self.probe_segments()
             self.junctions()
+            fusable = {sid: architecture(segment) for sid, segment in self.modules.segments.items()}
             bound = BoundGraph(self.graph, self.modules, self.num_classes, self.input_shape, self.shapes,
-                               self.adapters, self.aggregate_shapes, self.regressors, self.regressor_kinds)
+                               self.adapters, self.aggregate_shapes, self.regressors, self.regressor_kinds, fusable,
+                               self.device)
             self.aggregators(bound)
             self.mimic_regressors(bound)
         self.modules.set_fixed(n for n, net in self.graph.networks.items() if net.frozen)

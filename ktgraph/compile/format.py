@@ -6,7 +6,8 @@ order, an aggregate's under its own name; the plan itself keeps the full express
 from __future__ import annotations
 
 from ..graph import by_name
-from .ir import INPUT, Call, Plan, Term
+from .fusion import FusedCall, View
+from .ir import INPUT, Call, Plan, Step, Term
 
 
 def display_names(plan: Plan) -> dict[str, str]:
@@ -16,6 +17,20 @@ def display_names(plan: Plan) -> dict[str, str]:
         for out in step.outputs:
             names[out] = f"v{len(names)}" if step.short_names else out
     return names
+
+
+def _notes(plan: Plan, step: Step, use: dict[str, int], readers: dict[str, list[str]]) -> list[str]:
+    """What the printout says after a call: readers, which node it is, its BatchNorm policy, its shape."""
+    out = step.outputs[0]
+    note = [f"shared by {use[out]} readers"] if use[out] > 1 else []
+    note += ["= " + ", ".join(readers[out])] if out in readers else []
+    note += ["batch statistics, running ones kept"] if isinstance(step, Call) and step.stats == "keep" else []
+    return note + [_shape(plan.values[out].shape)]
+
+
+def _view(view: View) -> str:
+    return {(True, False): "the weights only", (False, True): "the input only"}.get((view.weights, view.input),
+                                                                                    "neither")
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -39,19 +54,19 @@ def format_plan(plan: Plan, title: str = "") -> str:
     for node, value in {**plan.features, **plan.outputs}.items():
         readers.setdefault(value, []).append(node)
     for index, step in enumerate(plan.steps, 1):
-        note = []
-        if step.short_names:
-            out = step.outputs[0]
-            if use[out] > 1:
-                note.append(f"shared by {use[out]} readers")
-            if out in readers:
-                note.append("= " + ", ".join(readers[out]))
-        if isinstance(step, Call) and step.stats == "keep":
-            note.append("batch statistics, running ones kept")
-        note.append(" ".join(_shape(plan.values[out].shape) for out in step.outputs))
+        if isinstance(step, FusedCall):
+            lines.append(f"  {index:>3}. {step.text(names)}    # one batched call: {step.signature}")
+            for k, call in enumerate(step.unfused):
+                views = [f"{names[v.name]} (to {_view(v)})" for v in step.views if v.chunk == k]
+                lines.append(f"         {call.text(names)}    # "
+                             + "; ".join(_notes(plan, call, use, readers) + (["views " + ", ".join(views)] if views else [])))
+            continue
+        note = _notes(plan, step, use, readers) if step.short_names else [_shape(plan.values[step.outputs[0]].shape)]
         lines.append(f"  {index:>3}. {step.text(names)}" + (f"    # {'; '.join(note)}" if note else ""))
     if plan.fixed and plan.mode == "train":
         lines += ["", f"fixed networks (no gradient, eval mode): {', '.join(sorted(plan.fixed))}"]
+    if plan.backward == "routed":
+        lines += ["", "backward: one routed backward of every term (views of fused calls route their gradients)"]
     if plan.terms:
         lines += ["", "losses (node = Σ weight · gate · term; * marks a source that is not detached):"]
         by_node: dict[str, list[Term]] = {}

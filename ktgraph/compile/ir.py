@@ -58,10 +58,17 @@ class Step(ABC):
     @abstractmethod
     def outputs(self) -> tuple[str, ...]: ...
 
-    @property
-    def owner(self) -> ModuleId | None:
-        """Whose parameters the outputs depend on (directly)."""
+    def owner_of(self, value: str) -> ModuleId | None:
+        """Whose parameters one of its outputs depends on directly (None: nobody's)."""
         return None
+
+    def calls(self) -> tuple[ModuleId, ...]:
+        """The modules it runs, once per call."""
+        return ()
+
+    def edges(self) -> list[tuple[str, str]]:
+        """Which input each output is computed from (all of them, unless a kind says otherwise)."""
+        return [(i, o) for i in self.inputs for o in self.outputs]
 
     @abstractmethod
     def run(self, env: StepEnv, inputs: list[Tensor]) -> list[Tensor]:
@@ -94,9 +101,11 @@ class Call(Step):
     def outputs(self) -> tuple[str, ...]:
         return (self.out,)
 
-    @property
-    def owner(self) -> ModuleId:
+    def owner_of(self, value: str) -> ModuleId:
         return self.module
+
+    def calls(self) -> tuple[ModuleId, ...]:
+        return (self.module,)
 
     def run(self, env: StepEnv, inputs: list[Tensor]) -> list[Tensor]:
         return [env.call(self.module, inputs[0], self.stats)]
@@ -125,9 +134,11 @@ class Aggregate(Step):
     def outputs(self) -> tuple[str, ...]:
         return self.outs
 
-    @property
-    def owner(self) -> AggregatorId | None:
+    def owner_of(self, value: str) -> AggregatorId | None:
         return self.aggregator
+
+    def calls(self) -> tuple[ModuleId, ...]:
+        return (self.aggregator,) if self.aggregator is not None else ()
 
     def run(self, env: StepEnv, inputs: list[Tensor]) -> list[Tensor]:
         module = env.module(self.aggregator) if self.aggregator is not None else None
@@ -190,7 +201,8 @@ class Plan:
     """What one training step (``mode="train"``, for ``stage``) or one evaluation computes.
 
     ``outputs`` maps the nodes that predict (paths, aggregates) to values, ``features`` the
-    intermediate features the plan computes; ``fixed`` are the networks that train nothing in
+    intermediate features the plan computes; ``backward``: one backward per gradient group, or
+    one routed backward of every term (with fused calls, see ``compile/fusion.py``); ``fixed`` are the networks that train nothing in
     this stage (frozen by the file or the stage, or trained by no active link).
     """
 
@@ -203,6 +215,8 @@ class Plan:
     groups: tuple[Group, ...] = ()
     stage: Stage | None = None
     fixed: frozenset[str] = frozenset()
+    backward: Literal["groups", "routed"] = "groups"
+    compile: bool = False  # run the forward through torch.compile (train.compile)
     notes: tuple[str, ...] = field(default=(), compare=False)  # what passes decided, for `ktgraph plan`
 
     @cached_property
@@ -214,7 +228,7 @@ class Plan:
         """The value graph: an edge from each step input to each of its outputs."""
         graph = nx.DiGraph()
         graph.add_nodes_from(self.values)
-        graph.add_edges_from((i, o) for step in self.steps for i in step.inputs for o in step.outputs)
+        graph.add_edges_from(edge for step in self.steps for edge in step.edges())
         return graph
 
     def ancestors(self, values: Iterable[str]) -> set[str]:
@@ -226,12 +240,12 @@ class Plan:
 
     def depends_on(self, value: str) -> frozenset[ModuleId]:
         """The owners whose parameters ``value`` depends on."""
-        steps = {self.producers[v] for v in self.ancestors([value]) if v in self.producers}
-        return frozenset(s.owner for s in steps if s.owner is not None)
+        owners = (self.producers[v].owner_of(v) for v in self.ancestors([value]) if v in self.producers)
+        return frozenset(o for o in owners if o is not None)
 
     def calls_of(self, module: ModuleId) -> int:
         """How many times one module runs per step (prefix sharing makes this minimal)."""
-        return sum(1 for s in self.steps if s.owner == module)
+        return sum(step.calls().count(module) for step in self.steps)
 
     def consumers(self) -> Counter[str]:
         """How many steps and loss terms read each value."""
@@ -267,7 +281,7 @@ class Plan:
 
     def owners(self) -> list[ModuleId]:
         """Every owner some step of the plan runs, in a stable order."""
-        return by_name({s.owner for s in self.steps if s.owner is not None})
+        return by_name({m for s in self.steps for m in s.calls()})
 
 
 @dataclass(frozen=True)

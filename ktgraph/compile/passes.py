@@ -8,7 +8,9 @@
 5. ``assign_batchnorm``: each segment call updates BatchNorm running statistics only when it
    reads its own network's features (``train.bn_stats: own``), or always (``all``);
 6. ``group_gradients``: terms with the same set form a gradient group, and groups merge while
-   routing stays exact, so a step runs few backward passes.
+   routing stays exact, so a step runs few backward passes;
+7. ``fuse_calls``: segment calls batched into one call, as ``train.batching`` asks (``fusion.py``);
+8. ``choose_backward``: per-group backward, one routed backward, or no fusion, whichever is exact.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import replace
 
 from ..bind import BoundGraph
 from ..graph import SegmentId
+from .fusion import choose_backward, fuse_calls
 from .ir import INPUT, Call, Group, Plan, Term
 
 Pass = Callable[[Plan, BoundGraph], Plan]
@@ -121,5 +124,5 @@ def gradient_groups(terms: tuple[Term, ...]) -> tuple[Group, ...]:
 
 
 TRAIN_PASSES: tuple[Pass, ...] = (prune_links, eliminate_dead_steps, route_gradients, fix_untrained,
-                                  assign_batchnorm, group_gradients)
-EVAL_PASSES: tuple[Pass, ...] = (eliminate_dead_steps,)
+                                  assign_batchnorm, group_gradients, fuse_calls, choose_backward)
+EVAL_PASSES: tuple[Pass, ...] = (eliminate_dead_steps, fuse_calls)

@@ -7,6 +7,7 @@ it returns. ``trace`` sees the plan after lowering and after each pass (``ktgrap
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..bind import BoundGraph
 from ..graph import Stage
@@ -19,8 +20,10 @@ Trace = Callable[[str, Plan], None]
 
 def compile_plan(bound: BoundGraph, stage: Stage | None = None, *, trace: Trace | None = None) -> Plan:
     """The train plan of ``stage``, or the eval plan when ``stage`` is None."""
-    plan = lower_eval(bound) if stage is None else lower_train(bound, stage)
-    return run_passes(plan, bound, EVAL_PASSES if stage is None else TRAIN_PASSES, trace)
+    if stage is None:
+        return run_passes(lower_eval(bound), bound, EVAL_PASSES, trace)
+    plan = run_passes(lower_train(bound, stage), bound, TRAIN_PASSES, trace)
+    return replace(plan, compile=bound.graph.train.compile)
 
 
 def run_passes(plan: Plan, bound: BoundGraph, passes: tuple[Pass, ...], trace: Trace | None = None) -> Plan:

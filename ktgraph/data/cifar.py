@@ -2,8 +2,10 @@
 
 torchvision's CIFAR classes refuse any folder whose files fail their md5 check,
 even with ``download=False``, so they cannot read subsets or re-pickled copies;
-the format is a few pickled dicts, so we read it directly. Pickles can run code
-when loaded: only point ``root`` at files you trust.
+the format is a few pickled dicts, so we read it directly. A pickle can name any
+function to call while it is loaded; these are read with an unpickler that builds
+only what CIFAR files hold (dicts, lists, strings, numbers and numpy arrays), so a
+tampered file is an error, never code that runs.
 """
 from __future__ import annotations
 
@@ -19,6 +21,23 @@ from ktgraph.data.source import RawData, dataset_root
 from ktgraph.errors import GraphError
 
 SIZE = 32
+# The only globals CIFAR pickles name (numpy arrays, dtypes and scalars; bytes in protocol-2 pickles).
+PLAIN_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+    ("_codecs", "encode"),
+})
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Refuses every global but the few that build plain values (:data:`PLAIN_GLOBALS`)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in PLAIN_GLOBALS:
+            raise pickle.UnpicklingError(f"it names `{module}.{name}`, which no CIFAR file holds (it may have "
+                                         "been tampered with; nothing in it was run)")
+        return super().find_class(module, name)
 
 
 @dataclass(frozen=True)
@@ -145,7 +164,10 @@ def _read_pickle(path: Path, layout: CifarLayout) -> dict[str, Any]:
     """A pickled dict with its keys as ``str`` (the originals are Python 2 byte strings)."""
     try:
         with path.open("rb") as stream:
-            entry = pickle.load(stream, encoding="bytes")
+            entry = PlainUnpickler(stream, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        refused = str(err) if str(err).startswith("it names") else "it cannot be unpickled"
+        raise _format_error(path, layout, refused) from None
     except Exception as err:  # a corrupt pickle can fail in many ways; all mean the same to the user
         raise _format_error(path, layout, "it cannot be unpickled") from err
     if not isinstance(entry, dict):

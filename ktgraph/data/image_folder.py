@@ -5,15 +5,23 @@ Tiny ImageNet's ``train/<wnid>/images/``). The test split is ``val/`` (or
 ``test/``), labelled either by class folders or by Tiny ImageNet's
 ``val_annotations.txt``; its labels are mapped through the train class names so
 both splits agree.
+
+An image file that cannot be read is found at start-up, where that is cheap (each file's header
+is read): with ``data.on_bad_image: error`` (the default) it is an error naming the file, with
+``skip`` it is left out with a warning and a count (every image is then decoded once at start-up,
+so damaged pixel data is found too). A file that fails later, when its pixels are decoded, is an
+error naming it.
 """
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
 
 from ktgraph.data.source import RawData, dataset_root
@@ -29,6 +37,21 @@ LAYOUT = (
 )
 
 Samples = list[tuple[str, int]]
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises for a bad file
+
+
+class BadImage(GraphError):
+    """An image file that cannot be read; rebuilt intact when a DataLoader worker re-raises it."""
+
+    _SAID = re.compile(r"`([^`\n]+)` cannot be read as an image: ([^\n]*)")
+
+    def __init__(self, message: str, path: str | None = None, reason: str = "") -> None:
+        if path is None:  # a DataLoader worker's re-raise passes the worker's whole traceback as the message
+            found = self._SAID.search(message)
+            path, reason = (found.group(1), found.group(2)) if found else ("an image", message.splitlines()[-1])
+        super().__init__(f"`{path}` cannot be read as an image: {reason}", where=("data", "root"),
+                         suggestion="replace or delete the file, or set data.on_bad_image: skip to leave out "
+                                    "the images that cannot be read")
 
 
 class ImageFiles:
@@ -46,7 +69,10 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Image.Image:
-        image = default_loader(self.paths[index])
+        try:
+            image = default_loader(self.paths[index])
+        except IMAGE_ERRORS as err:
+            raise BadImage("", self.paths[index], _reason(err)) from None
         if self.size is not None and image.size != (self.size, self.size):
             raise _size_error(self.paths[index], image.size, f"the first train image is {self.size}x{self.size}")
         return image
@@ -61,7 +87,9 @@ def load(spec: Any) -> RawData:
     except FileNotFoundError as err:
         raise GraphError(str(err), where=("data", "root"), expected=LAYOUT) from err
     root = train_dir.parent
-    test = _test_samples(root, class_to_idx)
+    policy = getattr(spec, "on_bad_image", "error")
+    train = _readable(train, policy, "train")
+    test = _readable(_test_samples(root, class_to_idx), policy, "test")
     native = None if spec.image_size else _square_size(train[0][0])
     return RawData(
         train_images=ImageFiles([path for path, _ in train], native),
@@ -92,6 +120,42 @@ def first_image_size(spec: Any) -> int:
             if name.lower().endswith(IMG_EXTENSIONS):
                 return _square_size(os.path.join(folder, name))
     raise GraphError(f"no train images in `{_train_dir(spec)}`", where=("data", "root"), expected=LAYOUT)
+
+
+def _readable(samples: Samples, policy: str, split: str) -> Samples:
+    """The samples whose file opens as an image (decoded too with ``skip``); the others an error, or left out."""
+    bad = [(path, reason) for path, _ in samples if (reason := _unreadable(path, decode=policy == "skip"))]
+    if not bad:
+        return samples
+    if policy != "skip":
+        error = BadImage("", *bad[0])
+        if len(bad) > 1:
+            error.message += f" (and {len(bad) - 1} more {split} image(s))"
+        raise error
+    warnings.warn(f"left out {len(bad)} of {len(samples)} {split} images that cannot be read "
+                  f"(data.on_bad_image: skip), e.g. `{bad[0][0]}`: {bad[0][1]}", stacklevel=2)
+    kept = [sample for sample in samples if sample[0] not in {path for path, _ in bad}]
+    if not kept:
+        raise GraphError(f"no {split} image can be read", where=("data", "root"), expected=LAYOUT)
+    return kept
+
+
+def _unreadable(path: str, *, decode: bool) -> str:
+    """Why ``path`` cannot be read as an image ("" when it can); ``decode`` reads its pixels too."""
+    try:
+        with Image.open(path) as image:
+            if decode:
+                image.load()
+    except IMAGE_ERRORS as err:
+        return _reason(err)
+    return ""
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image format PIL recognises (damaged, empty or another kind of file)"
+    text = getattr(err, "strerror", None) or (str(err).splitlines()[0] if str(err) else type(err).__name__)
+    return str(text).replace("`", "'")
 
 
 def _need_root(spec: Any, field: str) -> None:
@@ -154,8 +218,11 @@ def _annotated_samples(split: Path, class_to_idx: dict[str, int]) -> Samples:
 
 def _square_size(path: str) -> int:
     """The side of the (square) image at ``path``, the size every image must then have."""
-    with Image.open(path) as image:
-        width, height = image.size
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except IMAGE_ERRORS as err:
+        raise BadImage("", path, _reason(err)) from None
     if width != height:
         raise _size_error(path, (width, height), "images must be square to keep their native size")
     return width

@@ -7,6 +7,7 @@ exactly BatchNorm with batch statistics and no update, composable with vmap and 
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -15,26 +16,15 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..bind import GraphModules
-from ..compile import INPUT, Plan
+from ..compile import INPUT, Call, Plan
+from ..compile.fusion import FusedCall
 from ..compile.ir import Stats
 from ..graph import ModuleId
 from ..kinds import GateContext
 from ..zoo import Segment
+from .fusion import RUNNING, FusedRunner, Scope, norms, scope_of
 
 V = TypeVar("V", Tensor, float)
-_RUNNING = ("running_mean", "running_var", "num_batches_tracked")
-
-
-class _Scope(nn.Module):
-    """Runs ``fn`` inside ``root``, so that functional_call can stand in for some of root's buffers."""
-
-    def __init__(self, root: nn.Module, fn: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.root = root
-        object.__setattr__(self, "_fn", fn)  # not a child: root holds its modules
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._fn(x)
 
 
 class Executor:
@@ -45,8 +35,16 @@ class Executor:
         self.modules = modules
         self.labels: Tensor | None = None
         self.ctx: GateContext | None = None
-        self._kept: dict[ModuleId, tuple[_Scope, dict[str, None]]] = {}
+        self._kept: dict[ModuleId, tuple[Scope, dict[str, None]]] = {}
         self._params: dict[frozenset[ModuleId], list[nn.Parameter]] = {}
+        self._fused = {id(s): FusedRunner(s, modules) for s in plan.steps if isinstance(s, FusedCall)}
+        for step in plan.steps:  # found now, so that nothing is looked up for the first time while compiling
+            if isinstance(step, Call) and step.stats == "keep":
+                self._keeping(step.module, modules.module(step.module))
+        self._steps: Callable[[Tensor, Tensor | None], dict[str, Tensor]] = self._run_steps
+        self.compile_seconds: float | None = None  # how long torch.compile took, once it has run
+        if plan.compile:
+            self._steps = torch.compile(self._run_steps, dynamic=False)
 
     # --- what steps run with ---------------------------------------------------------------------------
     def module(self, owner: ModuleId) -> object:
@@ -60,23 +58,34 @@ class Executor:
         scope, buffers = self._keeping(owner, module)
         return functional_call(scope, buffers, (x,), tie_weights=False, strict=False) if buffers else module(x)
 
-    def _keeping(self, owner: ModuleId, module: Segment | nn.Module) -> tuple[_Scope, dict[str, None]]:
+    def _keeping(self, owner: ModuleId, module: Segment | nn.Module) -> tuple[Scope, dict[str, None]]:
         """A scope for ``module`` and the names of the running statistics to hold still while it runs."""
         if owner not in self._kept:
-            root, owned = (module.network, module.owned()) if isinstance(module, Segment) else (module, [("", module)])
-            buffers = {}
-            for path, held in owned:
-                for name, norm in held.named_modules():
-                    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats:
-                        prefix = ".".join(p for p in ("root", path, name) if p)
-                        buffers.update((f"{prefix}.{b}", None) for b in _RUNNING)
-            self._kept[owner] = (_Scope(root, module), buffers)
+            scope, owned = scope_of(module)
+            self._kept[owner] = (scope, {f"{prefix}.{b}": None for prefix, _ in norms(owned) for b in RUNNING})
         return self._kept[owner]
+
+    def fused(self, step: FusedCall, xs: list[Tensor]) -> list[Tensor]:
+        return self._fused[id(step)](xs)
 
     # --- forward, losses, backward ----------------------------------------------------------------------
     def forward(self, x: Tensor, labels: Tensor | None = None, ctx: GateContext | None = None) -> dict[str, Tensor]:
-        """Every value of the plan, keyed by its expression."""
-        self.labels, self.ctx = labels, ctx
+        """Every value of the plan, keyed by its expression.
+
+        With ``plan.compile`` the steps run through ``torch.compile`` (the first call compiles and
+        its time is kept in ``compile_seconds``); the gate context, which changes every step, is
+        then not given to aggregators, so that it cannot force a recompilation.
+        """
+        self.ctx = None if self.plan.compile else ctx
+        if self.plan.compile and self.compile_seconds is None:
+            started = time.perf_counter()
+            values = self._steps(x, labels)
+            self.compile_seconds = time.perf_counter() - started
+            return values
+        return self._steps(x, labels)
+
+    def _run_steps(self, x: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
+        self.labels = labels
         values: dict[str, Tensor] = {INPUT: x}
         for step in self.plan.steps:
             values.update(zip(step.outputs, step.run(self, [values[v] for v in step.inputs])))
@@ -110,6 +119,11 @@ class Executor:
         flows through other segments without updating them. ``only`` narrows every group to
         some owners (one network at a time, for alternating updates).
         """
+        if self.plan.backward == "routed" and only is None:  # every term at once; the views route
+            trained = [losses[t.link] for t in self.plan.terms if t.trains and losses[t.link].requires_grad]
+            if trained:
+                torch.autograd.backward(scale(torch.stack(trained).sum()))
+            return
         work = []
         for group in self.plan.groups:
             owners = group.trains if only is None else group.trains & only

@@ -6,7 +6,7 @@ the number of classes and the image size come from the file or the data set's re
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -63,7 +63,7 @@ def prepare(graph: KTGraph, *, with_data: bool = True, device: str | torch.devic
         info = data.info if data is not None else data_info(graph.data)
     except GraphError as err:
         raise graph.locate(err) from None
-    bound = bind(graph, info.num_classes, (info.in_channels, info.image_size, info.image_size))
+    bound = bind(graph, info.num_classes, (info.in_channels, info.image_size, info.image_size), device=target.type)
     program = compile_program(bound, trace=trace)
     dry_run(program, bound)
     bound.modules.to(target)
@@ -86,7 +86,7 @@ def dry_run(program: Program, bound: BoundGraph) -> None:
 
 
 def _probe(plan: Plan, modules: GraphModules, x: torch.Tensor, labels: torch.Tensor) -> None:
-    executor = Executor(plan, modules)
+    executor = Executor(replace(plan, compile=False), modules)  # torch.compile waits for the real batches
     try:
         values = executor.forward(x, labels, GateContext())
         executor.losses(values, labels, GateContext())

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..bind import GraphModules
 from ..compile import Plan
+from ..compile.fusion import unfuse
 from ..errors import unknown_name
 from ..graph import KTGraph
 from .executor import Executor
@@ -74,11 +75,12 @@ def row_nodes(graph: KTGraph, plan: Plan) -> list[str]:
 
 
 def node_plan(plan: Plan, graph: KTGraph, node: str) -> Plan:
-    """``plan`` restricted to what ``node`` (or its alias, ``net1-net1``) needs."""
+    """``plan`` restricted to what ``node`` (or its alias, ``net1-net1``) needs, unbatched: a node's
+    cost is that of its own calls, whether or not the plan batches them with others'."""
     node = graph.aliases.get(node, node)
     if node not in plan.outputs:
         raise unknown_name("node", node, row_nodes(graph, plan))
-    return plan.restrict([node])
+    return unfuse(plan).restrict([node])
 
 
 def node_params(modules: GraphModules, plan: Plan) -> int:

@@ -1,27 +1,45 @@
 """The run directory: the one place that knows its file names, and writes and reads its files.
 
 Readers are tolerant: a missing or half-written file is "nothing yet", so reports work on a
-run directory copied from another machine, or on one whose run is still going.
+run directory copied from another machine, or on one whose run is still going. Writers are
+atomic (:mod:`ktgraph.runtime.checkpoint`). A command that writes holds the folder's lock
+(:meth:`RunDir.lock`), an OS file lock the system releases however the process ends.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import io
 import json
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from ..errors import TrainingError
-from .checkpoint import load_checkpoint, save_atomic
+from ..errors import GraphError, TrainingError
+from .checkpoint import MODEL_KEYS, RESUME_KEYS, TEMP_SUFFIX, load_checkpoint, save_atomic, write_atomic, write_error
 from .measure import PATH_KINDS, Row
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run directories are not locked (a warning says so)
+    fcntl = None  # type: ignore[assignment]
 
 CONFIG = "config.yaml"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-CHECKPOINT = "checkpoints/last.pt"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT = f"{CHECKPOINTS}/last.pt"
+KEPT = re.compile(r"stage(\d+)-epoch(\d+)\.pt")  # checkpoints/stageS-epochEEEE.pt, with train.keep_checkpoints > 1
+LOCK = ".lock"
 XROSS_CSV = "xross.csv"
 XROSS_MD = "xross.md"
 REPORT = "report.md"
@@ -34,6 +52,15 @@ TENSORBOARD = "tensorboard"
 XROSS_COLUMNS = ("node", "kind", "parts", "segments", "params", "macs", "latency_ms", "batch_size", "top1_last",
                  "top5_last", "top1_best", "best_epoch")
 Position = tuple[int, int]  # (stage index, epochs done in it)
+RUN_FILES = (CONFIG, ENV, METRICS, SUMMARY, CHECKPOINTS, XROSS_CSV, XROSS_MD, REPORT, *GRAPH_IMAGES, CURVES, HEATMAP,
+             PARETO, TENSORBOARD, "picked-*")  # what `ktgraph run --overwrite` removes first
+
+
+def safe_name(name: str, fallback: str = "run") -> str:
+    """``name`` as one plain file name: characters other than letters, digits, ``.``, ``_`` and ``-``
+    become ``_``; no leading dot or dash, at most 100 characters; ``fallback`` when nothing is left."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".-")[:100]
+    return cleaned if cleaned.strip("._-") else fallback
 
 
 class RunDir:
@@ -55,6 +82,77 @@ class RunDir:
     def is_run(self) -> bool:
         return (self.path / CONFIG).is_file()
 
+    def contents(self) -> list[str]:
+        """The names in the folder, its lock and the temporary files of interrupted writes left out."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.name != LOCK and not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)))
+
+    def remove_run_files(self) -> None:
+        """Delete what a run writes (``RUN_FILES``), for ``--overwrite``; other files stay."""
+        for pattern in RUN_FILES:
+            for path in self.path.glob(pattern):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+
+    def remove_temporary(self) -> list[Path]:
+        """Delete the temporary files of writes a crash interrupted; hold the lock when calling this."""
+        found = [p for folder in (self.path, self.path / CHECKPOINTS) if folder.is_dir()
+                 for p in [*folder.glob(f".*{TEMP_SUFFIX}"), *folder.glob(".last.pt.*")] if p.is_file()]
+        for path in found:
+            path.unlink(missing_ok=True)
+        return found
+
+    # --- the lock --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the folder's lock while ``command`` writes in it; a folder another process holds is a
+        GraphError naming that process. A folder that does not exist yet is not locked."""
+        if not self.path.is_dir():
+            yield
+            return
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise GraphError(f"cannot write in the folder: {err.strerror or err}", file=str(self.path),
+                             suggestion="give a folder you can write in") from None
+        held = False
+        try:
+            if fcntl is None:
+                warnings.warn(f"{self.path} is not locked: file locks need fcntl (POSIX); do not run two "
+                              "commands on it at once", stacklevel=3)
+            else:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                except OSError as err:
+                    if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        warnings.warn(f"{self.path} is not locked: {err.strerror}", stacklevel=3)
+                    else:
+                        raise self._busy() from None
+            if held:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {command}\n".encode())
+            yield
+        finally:
+            if held:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+            os.close(fd)
+
+    def _busy(self) -> GraphError:
+        try:
+            pid, _, command = (self.path / LOCK).read_text().strip().partition(" ")
+        except OSError:
+            pid, command = "", ""
+        holder = f"PID {pid}, `ktgraph {command}`" if pid else "its PID not written yet"
+        return GraphError(f"the run directory is in use by another ktgraph process ({holder})",
+                          file=str(self.path), suggestion="wait until it ends, or stop it"
+                          + (f" (kill {pid})" if pid else "") + "; a stopped run continues with `ktgraph run --resume`")
+
     # --- the resolved config and the environment --------------------------------------------------------
     def write_config(self, document: dict[str, Any]) -> None:
         self._write(CONFIG, yaml.safe_dump(document, sort_keys=False))
@@ -70,9 +168,13 @@ class RunDir:
 
     # --- metrics: one JSON line per epoch -------------------------------------------------------------
     def append_metrics(self, line: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with (self.path / METRICS).open("a") as handle:
-            handle.write(json.dumps(line) + "\n")
+        """Append one line; a crash or a full disk can tear it, and readers skip a torn last line."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with (self.path / METRICS).open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
+        except OSError as err:
+            raise write_error(err, self.path / METRICS) from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The epochs in training order; blank lines and a torn last line (a killed run) are skipped."""
@@ -80,7 +182,7 @@ class RunDir:
         if not path.is_file():
             return []
         lines = []
-        for text in path.read_text().splitlines():
+        for text in path.read_text(errors="replace").splitlines():
             try:
                 line = json.loads(text) if text.strip() else None
             except json.JSONDecodeError:
@@ -101,23 +203,61 @@ class RunDir:
     def checkpoint(self) -> Path:
         return self.path / CHECKPOINT
 
-    def save_checkpoint(self, payload: dict[str, Any]) -> None:
+    def save_checkpoint(self, payload: dict[str, Any], keep: int = 1) -> None:
+        """Replace ``last.pt``; with ``keep`` > 1 also keep it as ``stageS-epochE.pt``, the last ``keep`` of those."""
         save_atomic(payload, self.checkpoint)
+        if keep <= 1:
+            return
+        kept = self.path / CHECKPOINTS / f"stage{payload['stage']}-epoch{payload['epoch']:04d}.pt"
+        link = kept.with_name(f".{kept.name}.link{TEMP_SUFFIX}")
+        try:
+            link.unlink(missing_ok=True)
+            os.link(self.checkpoint, link)  # the same file under a second name: no copy
+            os.replace(link, kept)
+        except OSError:
+            link.unlink(missing_ok=True)
+            data = self.checkpoint.read_bytes()
+            write_atomic(kept, lambda handle: handle.write(data))
+        for old in self.kept_checkpoints()[:-keep]:
+            old.unlink(missing_ok=True)
 
-    def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    def kept_checkpoints(self) -> list[Path]:
+        """``checkpoints/stageS-epochE.pt`` in training order."""
+        found = [(tuple(map(int, m.groups())), p) for p in (self.path / CHECKPOINTS).glob("stage*-epoch*.pt")
+                 if (m := KEPT.fullmatch(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def drop_checkpoints_after(self, position: Position) -> None:
+        """Remove kept checkpoints of epochs after ``position`` (left by a run resumed from an earlier one)."""
+        for path in self.kept_checkpoints():
+            match = KEPT.fullmatch(path.name)
+            if match and tuple(map(int, match.groups())) > tuple(position):
+                path.unlink(missing_ok=True)
+
+    def load_checkpoint(self, map_location: str | torch.device = "cpu", *, resume: bool = False) -> dict[str, Any]:
+        """The last checkpoint, checked: all a resume needs, or (``resume=False``) the model's state."""
         if not self.checkpoint.is_file():
             raise TrainingError(f"no checkpoint at {self.checkpoint}; the run has not finished an epoch yet "
                                 "(a run writes one after each epoch)")
-        return load_checkpoint(self.checkpoint, map_location)
+        return load_checkpoint(self.checkpoint, map_location, required=RESUME_KEYS if resume else MODEL_KEYS,
+                               advice=self._fallback_advice())
+
+    def _fallback_advice(self) -> str:
+        earlier = [p for p in self.kept_checkpoints() if not _same_file(p, self.checkpoint)]
+        if earlier:
+            return (f"Continue from an earlier checkpoint: copy it over last.pt (cp {earlier[-1]} {self.checkpoint}), "
+                    "then resume")
+        return (f"Nothing earlier is kept (train.keep_checkpoints: N keeps the last N epochs' checkpoints); start "
+                f"the run again with: ktgraph run {self.path / CONFIG} --out {self.path} --overwrite")
 
     # --- the Xross table --------------------------------------------------------------------------------
     def write_xross(self, rows: list[Row]) -> Path:
-        path = self.path / XROSS_CSV
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=XROSS_COLUMNS)
-            writer.writeheader()
-            writer.writerows(_record(row) for row in rows)
-        return path
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=XROSS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(_record(row) for row in rows)
+        self._write(XROSS_CSV, text.getvalue())
+        return self.path / XROSS_CSV
 
     def read_xross(self) -> list[Row]:
         """The rows of ``xross.csv``; [] when the file is not there (yet)."""
@@ -134,11 +274,8 @@ class RunDir:
         return self.path / name
 
     def _write(self, name: str, text: str) -> None:
-        path = self.path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        data = text.encode("utf-8")
+        write_atomic(self.path / name, lambda handle: handle.write(data))
 
     def _mapping(self, name: str, parse: Any, error: type[Exception]) -> dict[str, Any] | None:
         path = self.path / name
@@ -146,9 +283,16 @@ class RunDir:
             return None
         try:
             data = parse(path.read_text())
-        except error:
+        except (error, UnicodeDecodeError):
             return None
         return data if isinstance(data, dict) else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _record(row: Row) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 The trainer executes a job's program: one train plan per stage, the eval plan after every
 epoch. Reproducibility: every epoch reseeds torch from (seed, stage, epoch) and builds its data
 order from the same number, so a run resumed from the checkpoint of epoch e replays epochs
-e+1... exactly as the uninterrupted run would (on CPU).
+e+1... exactly as the uninterrupted run would (on CPU). A checkpoint records the config it was
+trained with, and is written only when every loss, gradient, parameter and buffer is finite.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ..graph import KTGraph, ModuleId, Stage
 from ..kinds import EpochInfo, GateContext
 from .evaluate import evaluate, make_loader
 from .executor import Executor
-from .checkpoint import upgrade_state
+from .checkpoint import config_difference, trained_config, upgrade_state
 from .hooks import Hooks
 from .job import Job
 from .rundir import RunDir
@@ -82,14 +83,25 @@ class Trainer:
                           f"{self.device.type}", stacklevel=2)
         self.state = Progress()
         self._resume_payload: dict[str, Any] | None = None
+        self._config = trained_config(self.graph.document)
+        self._params: list[torch.nn.Parameter] = []
+        self._pending: tuple[torch.Tensor, int] | None = None  # the last backward's "all gradients finite", its batch
         self.on_epoch: list[Callable[[dict[str, Any]], None]] = []  # called with each metrics line
         heldout = make_loader(self.data.val, self.settings.eval_batch_size) if self.data.val is not None else None
         self.hooks = Hooks(self.graph, self.modules, self.program.eval, heldout, self.device)
 
     # --- resume ----------------------------------------------------------------------
-    def resume(self) -> None:
-        """Continue from the run directory's last checkpoint."""
-        payload = self.run_dir.load_checkpoint(map_location=self.device)
+    def resume(self, payload: dict[str, Any] | None = None) -> None:
+        """Continue from the run directory's last checkpoint (or its ``payload``, read already), which must
+        have been trained with this config."""
+        if payload is None:
+            payload = self.run_dir.load_checkpoint(map_location=self.device, resume=True)
+        if isinstance(payload.get("config"), dict):  # checkpoints of older versions record none
+            difference = config_difference(payload["config"], self._config)
+            if difference:
+                raise TrainingError(f"{self.run_dir.checkpoint} was trained with another config: {difference}. "
+                                    "Put config.yaml back as it was to resume, or train the new config in another "
+                                    "folder")
         try:
             self.modules.load_state_dict(upgrade_state(payload["model"], self.job.bound.legacy_keys()))
         except (RuntimeError, KeyError) as err:
@@ -98,6 +110,7 @@ class Trainer:
         self.state = Progress(payload["stage"], payload["epoch"], payload["best"], payload["last"])
         self._resume_payload = payload
         self.run_dir.keep_metrics_upto((self.state.stage, self.state.epoch))
+        self.run_dir.drop_checkpoints_after((self.state.stage, self.state.epoch))
 
     # --- training --------------------------------------------------------------------
     def fit(self) -> Progress:
@@ -124,14 +137,21 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.settings.amp == "fp16"
                                       and self.device.type == "cuda")
         if self._resume_payload is not None:
-            optimizer.load_state_dict(self._resume_payload["optimizer"])
-            scheduler.load_state_dict(self._resume_payload["scheduler"])
-            scaler.load_state_dict(self._resume_payload["scaler"])
+            try:
+                optimizer.load_state_dict(self._resume_payload["optimizer"])
+                scheduler.load_state_dict(self._resume_payload["scheduler"])
+                scaler.load_state_dict(self._resume_payload["scaler"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as err:
+                raise TrainingError(f"the optimizer state in {self.run_dir.checkpoint} does not fit the parameters "
+                                    f"stage `{stage.name}` trains: {str(err).splitlines()[0]}") from None
+        self._params = [p for p in self.modules.parameters() if p.requires_grad]
+        self._pending = None
         for epoch in range(self.state.epoch, stage.epochs):
             started = time.perf_counter()
             info = EpochInfo(stage.name, self.state.stage, epoch, stage.epochs)
             self.hooks.epoch_start(info)
             train_stats = self._train_epoch(executor, optimizer, scheduler, scaler, stage, epoch, steps)
+            self._check_state(stage, epoch)
             self.hooks.epoch_end(info)
             results = self._evaluate()
             self._record(stage, epoch, results)
@@ -146,7 +166,8 @@ class Trainer:
             self.run_dir.save_checkpoint({
                 "model": self.modules.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "stage": self.state.stage,
-                "epoch": self.state.epoch, "best": self.state.best, "last": self.state.last})
+                "epoch": self.state.epoch, "best": self.state.best, "last": self.state.last,
+                "config": self._config}, keep=self.settings.keep_checkpoints)
 
     def _train_epoch(self, executor: Executor, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                      stage: Stage, epoch: int, steps: int) -> dict[str, Any]:
@@ -168,11 +189,11 @@ class Trainer:
             for only in passes:
                 with self._autocast():
                     losses = executor.losses(executor.forward(images, labels, ctx), labels, ctx)
-                # One device-to-host copy per step serves the finiteness check and the logs.
-                values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
-                self._check_finite(values, epoch, batch_index)
+                values = self._read_losses(losses, stage, epoch, batch_index)
                 optimizer.zero_grad(set_to_none=True)
                 executor.backward(losses, scaler.scale, only)
+                if not scaler.is_enabled():  # with fp16 the scaler skips steps whose gradients overflow
+                    self._pending = self._gradients_finite(batch_index)
                 scaler.step(optimizer)
                 scaler.update()
             scheduler.step()
@@ -186,14 +207,54 @@ class Trainer:
         return {"links": {k: v / batches for k, v in sums.items()},
                 "node_loss": {k: v / batches for k, v in node_sums.items()}}
 
-    def _check_finite(self, values: dict[str, float], epoch: int, batch: int) -> None:
+    # --- the non-finite guard ----------------------------------------------------------
+    def _read_losses(self, losses: dict[str, torch.Tensor], stage: Stage, epoch: int, batch: int) -> dict[str, float]:
+        """The step's loss values, and the previous backward's gradient check, in one device-to-host copy."""
+        pending, self._pending = self._pending, None
+        checks = [v.detach().float() for v in losses.values()] + ([pending[0].float()] if pending else [])
+        numbers = torch.stack(checks).tolist()
+        if pending is not None and not numbers.pop():
+            self._gradient_error(stage, epoch, pending[1])
+        values = dict(zip(losses, numbers))
         for name, value in values.items():
             if not math.isfinite(value):
-                where = (f"the last good checkpoint is {self.run_dir.checkpoint}"
-                         if self.run_dir.checkpoint.exists() else "no checkpoint was written yet")
-                raise TrainingError(f"link `{name}` gave a non-finite loss ({value}) at epoch {epoch + 1}, "
-                                    f"batch {batch + 1}; {where}. Lower the learning rate or check the link's "
-                                    "weight and temperature")
+                raise TrainingError(f"link `{name}` gave a non-finite loss ({value}) in stage `{stage.name}`, epoch "
+                                    f"{epoch + 1}, batch {batch + 1}; {self._last_good()}. Lower the learning rate "
+                                    "or check the link's weight and temperature")
+        return values
+
+    def _gradients_finite(self, batch: int) -> tuple[torch.Tensor, int] | None:
+        """Whether every gradient is finite, as a tensor on the device (read with the next losses: no extra sync)."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads:
+            return None
+        # The 2-norm: one fused kernel on CUDA, vectorised on CPU (the max-norm is many times slower there).
+        return torch.isfinite(torch.nn.utils.get_total_norm(grads, 2.0)), batch
+
+    def _gradient_error(self, stage: Stage, epoch: int, batch: int) -> None:
+        name = next((n for n, p in self.modules.named_parameters()
+                     if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
+        what = f"the gradient of `{name}` became non-finite" if name else "the gradients' norm overflowed"
+        raise TrainingError(f"{what} in stage `{stage.name}`, epoch {epoch + 1}, batch {batch + 1}, though every "
+                            f"loss was finite; {self._last_good()}. Lower the learning rate or check the links' "
+                            "weights")
+
+    def _check_state(self, stage: Stage, epoch: int) -> None:
+        """Every gradient of the last step, parameter and buffer finite, before anything is evaluated or saved."""
+        pending, self._pending = self._pending, None
+        if pending is not None and not bool(pending[0]):
+            self._gradient_error(stage, epoch, pending[1])
+        state = {k: t for k, t in self.modules.state_dict().items() if t.is_floating_point()}
+        if state and not bool(torch.isfinite(torch.nn.utils.get_total_norm(list(state.values()), float("inf")))):
+            name = next(k for k, t in state.items() if not bool(torch.isfinite(t).all()))
+            raise TrainingError(f"`{name}` holds non-finite values at the end of stage `{stage.name}`, epoch "
+                                f"{epoch + 1}, though every loss and gradient was finite; {self._last_good()}. "
+                                "Lower the learning rate")
+
+    def _last_good(self) -> str:
+        if self.run_dir.checkpoint.exists():
+            return f"the last good checkpoint is {self.run_dir.checkpoint}"
+        return "no checkpoint was written yet"
 
     def _evaluate(self) -> dict[str, Any]:
         splits = {"test": self.data.test, "val": self.data.val}

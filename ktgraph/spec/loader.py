@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import GraphError, did_you_mean
 from .imports import import_user_modules
+from .safe_yaml import YamlLimits, too_large
 from .schema import GraphSpec
 from .source import Source, apply_override, parse_yaml
 from .validate import validate
@@ -38,7 +39,11 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
         raise GraphError(f"no such graph file: {path}", file=str(path),
                          suggestion=did_you_mean(path.name, [p.name for p in path.parent.glob("*.y*ml")])
                          if path.parent.is_dir() else "")
+    limits = YamlLimits.from_environment()
     try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:  # said before reading it
+            raise too_large(size, str(path), limits)
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         data = path.read_bytes()
@@ -47,7 +52,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
                          suggestion="save the graph file as UTF-8") from None
     except OSError as err:
         raise GraphError(f"cannot read the graph file: {err.strerror or err}", file=str(path)) from None
-    raw, source = parse_yaml(text, str(path))
+    raw, source = parse_yaml(text, str(path), limits)
     if raw is None:
         raise GraphError("the graph file is empty", file=str(path),
                          expected="at least `networks:` and `links:` sections (see graphs/*.yaml)")

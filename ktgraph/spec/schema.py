@@ -86,9 +86,17 @@ class LinkCommon(Strict):
     target: str
     source: str = "label"
     weight: float = 1.0
+    allow_negative: bool = False  # a negative weight maximises the loss: only when the file says so
     trains: list[str] | None = None
     each: dict[Name, list[str]] | None = None
     distinct: bool = True
+
+    @model_validator(mode="after")
+    def _negative_weight_meant(self) -> LinkCommon:
+        if self.weight < 0 and not self.allow_negative:
+            raise ValueError(f"`weight` {self.weight} is negative: the link would maximise its loss; "
+                             "add `allow_negative: true` to the link if that is what you mean")
+        return self
 
 
 class AggregatorCommon(Strict):

@@ -1,6 +1,7 @@
 """Reading a graph file's YAML safely, keeping the line of every field for error messages.
 
-YAML is read with PyYAML's SafeLoader only (no tags that import or call code). Command-line
+YAML is read once, with PyYAML's safe constructor only (no tags that import or call code) and
+within limits on size, alias expansion and depth (:mod:`ktgraph.spec.safe_yaml`). Command-line
 overrides (``train.epochs=200``) are applied to the raw document before validation, so they
 are checked exactly like the file.
 """
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 
 from ..errors import GraphError
+from .safe_yaml import YamlLimits, load_limited
 
 Loc = tuple[str | int, ...]
 
@@ -77,14 +79,17 @@ def _yaml_hint(problem: str) -> str:
     return "check indentation, colons and quotes on this line"
 
 
-def parse_yaml(text: str, file: str) -> tuple[Any, Source]:
+def parse_yaml(text: str, file: str, limits: YamlLimits | None = None) -> tuple[Any, Source]:
     """Parse YAML safely, keeping the line of every key; syntax errors name line and column."""
     source = Source(file=file)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        data, node = load_limited(text, file, limits)
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if "constructor for the tag" not in str(exc.problem):  # an unhashable key, say
+            raise GraphError(f"YAML error: {exc.problem}", file=file, line=mark.line + 1 if mark else None,
+                             column=mark.column + 1 if mark else None,
+                             expected="keys that are plain text or numbers") from None
         raise GraphError(f"YAML tag not allowed: {exc.problem}", file=file,
                          line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None,
                          expected="plain YAML values (graph files are read without tags that build objects)",
@@ -112,8 +117,12 @@ def apply_override(raw: dict[str, Any], assignment: str, source: Source) -> None
     parts = [p for p in key.strip().split(".")]
     if not all(parts):
         raise GraphError(f"override `{assignment}` has an empty key part", file="command line")
+    limits = YamlLimits.from_environment()
+    if len(parts) > limits.max_depth:
+        raise GraphError(f"override `{assignment}`: the key has more than {limits.max_depth} parts",
+                         file="command line")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_limited(text, f"command-line override `{assignment}`", limits)[0] if text.strip() else None
     except yaml.YAMLError:
         value = text
     node: Any = raw
