@@ -105,3 +105,7 @@ def unknown_name(kind: str, name: str, known: Iterable[str], where: tuple[str | 
 
 class TrainingError(Exception):
     """A run that cannot go on (a non-finite loss, a missing checkpoint)."""
+
+
+class UntrainedModuleWarning(UserWarning):
+    """A module with trainable parameters that no link of any stage trains: its weights stay as initialised."""

@@ -84,6 +84,21 @@ class ScheduleSettings(Strict):
         return self
 
 
+class CalibrateSettings(Strict):
+    """Re-estimating BatchNorm statistics for the paths that read another network's features.
+
+    A down-half's running statistics describe its own network's features; fed another
+    network's (a cross path), they do not, and the path is evaluated with the wrong
+    normalisation. Before such a path is evaluated its statistics are re-estimated on
+    ``batches`` training batches (see ``runtime/calibrate.py``); the trained model is untouched.
+    """
+
+    paths: Literal["cross", "all", "none"] = "cross"  # which segment calls get their own statistics
+    batches: int = Field(20, gt=0, le=100_000)
+    split: Literal["train", "val"] = "train"
+    every_epoch: bool = True  # also before each epoch's evaluation (else only the final table)
+
+
 class TrainSettings(Strict):
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)
@@ -96,6 +111,7 @@ class TrainSettings(Strict):
     bn_stats: Literal["own", "all"] = "own"
     batching: Literal["auto", "off", "inputs", "peers", "all"] = "auto"
     compile: bool = False
+    calibrate: CalibrateSettings = CalibrateSettings()
     tensorboard: bool = False
     optimizer: OptimizerSettings = OptimizerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
@@ -104,6 +120,12 @@ class TrainSettings(Strict):
     @classmethod
     def _bool_amp(cls, value: Any) -> Any:
         return {False: "off", True: "bf16"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("calibrate", mode="before")
+    @classmethod
+    def _bool_calibrate(cls, value: Any) -> Any:
+        """``calibrate: false`` turns calibration off, ``true`` keeps the defaults."""
+        return {False: {"paths": "none"}, True: {}}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("batching", mode="before")
     @classmethod

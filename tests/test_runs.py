@@ -27,8 +27,13 @@ def test_default_job_runs_end_to_end(tmp_path, capsys):
                  "train.epochs=1", *QUICK])
     assert code == 0
     printed = capsys.readouterr().out
-    for node in ["net1", "net2", "net1-net2-net1", "net2-net1-net2", "mean(networks)", "mean(paths)"]:
-        assert f"| {node} " in printed
+    # Every row once: each path as its line of the Xross table (the network of each part), then the ensembles.
+    lines = [" ".join(line.split()) for line in printed.splitlines()]
+    for path in ["net1-net1-net1", "net2-net2-net2", "net1-net2-net1", "net2-net1-net2", "net2-net2-net1"]:
+        assert sum(line.startswith("| " + " | ".join(path.split("-")) + " | ") for line in lines) == 1, path
+    for node in ["mean(networks)", "mean(paths)"]:
+        assert sum(line.startswith(f"| {node} ") for line in lines) == 1, node
+    assert "All rows" not in printed and printed.count("Xross table") == 1
     assert {"config.yaml", "env.json", "metrics.jsonl", "summary.json", "checkpoints"} <= {p.name for p in out.iterdir()}
     env = json.loads((out / "env.json").read_text())
     assert env["seed"] == 0 and env["torch"] == torch.__version__

@@ -22,9 +22,10 @@ from ktgraph.graph import load_graph
 from ktgraph.app.pick import pareto_front, pick_path
 from ktgraph.app.tables import format_tables
 from ktgraph.app.xross import best_epochs
-from ktgraph.errors import GraphError
+from ktgraph.errors import GraphError, UntrainedModuleWarning
 from ktgraph.graph import SegmentId
 from ktgraph.runtime import Executor, Job, RunDir, prepare
+from ktgraph.runtime.calibrate import calibrate_job
 from ktgraph.runtime.export import export_module, path_module
 from ktgraph.runtime.measure import Row, node_macs, node_params, node_plan
 from ktgraph.runtime.rundir import XROSS_COLUMNS
@@ -110,7 +111,8 @@ aggregators:
 links:
   - {kind: ce, each: {i: [net1, net2]}, target: "{i}"}
 """)
-    job = untrained(spec)
+    with pytest.warns(UntrainedModuleWarning, match="net1.up>net2.down"):  # no link reads a cross path here
+        job = untrained(spec)
     net1, net2 = job.modules.networks["net1"], job.modules.networks["net2"]
     assert {str(a) for a in job.bound.adapters} == {"net1.up>net2.down", "net2.up>net1.down"}
     adapter_32_to_64 = 32 * 64 + 64  # 1x1 conv with bias: resnet8 gives 32 channels, wrn16_2's layer3 takes 64
@@ -261,8 +263,10 @@ def test_pick_exports_a_module_that_runs_without_ktgraph(run_dir, reuse_loaded, 
 
     plan = node_plan(loaded.job.program.eval, loaded.job.graph, chosen.node)
     x = torch.randn(5, 3, 16, 16)
+    # A cross path is exported with the calibrated statistics its row was evaluated with.
+    calibration = calibrate_job(loaded.job) if chosen.calibrated else None
     with torch.no_grad():
-        executor = Executor(plan, loaded.job.modules)
+        executor = Executor(plan, loaded.job.modules, calibration)
         expected = executor.outputs(executor.forward(x))[chosen.node]
     torch.save(x, tmp_path / "x.pt")
     script = ("import sys, torch\n"

@@ -24,13 +24,14 @@ from ..kinds import ADAPTERS, AGGREGATORS, GATES, LINKS
 from ..registry import Registry
 from ..runtime import Job, RunDir, prepare
 from ..runtime.checkpoint import write_error
+from ..runtime.measure import call_costs, node_costs, row_nodes
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, plans_dot, render
 from .report import write_report
 from .run import default_run_dir, train
-from .tables import format_tables
+from .tables import format_costs, format_tables
 from .xross import write_tables, xross_table
 
 EXIT_USER_ERROR = 2
@@ -163,7 +164,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     print(format_plan(step, f"{title}, after {name}") + "\n")
         else:
             print(format_plan(plan, title))
+    if args.costs:
+        _print_costs(job, files[0])
     return 0
+
+
+def _print_costs(job: Job, title: str) -> None:
+    """The eval plan's segments and nodes, costed on a zero image: no data, no timing."""
+    plan = job.program.eval
+    shape = "×".join(map(str, job.input_shape))
+    nodes = node_costs(job.graph, job.modules, plan, job.input_shape, row_nodes(job.graph, plan))
+    print("\n" + format_costs(call_costs(job.modules, plan), nodes,
+                              title=f"costs of {title}: {job.bound.num_classes} classes, {shape} input"))
 
 
 REGISTRIES: dict[str, Registry] = {"models": MODELS, "datasets": DATASETS, "links": LINKS, "gates": GATES,
@@ -206,10 +218,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _count(args.repeats, "--repeats", 0, 10_000)
     with RunDir(args.run_dir).lock("eval"):
         rows = xross_table(args.run_dir, split=args.split, progress=not args.no_progress,
-                           batch_size=args.batch_size, repeats=args.repeats, allow_imports=args.allow_imports)
-        written = write_tables(rows, args.run_dir)
-    print(format_tables(rows, title=f"Xross evaluation of {args.run_dir} ({args.split} split)"))
-    print(f"wrote {written['csv']} and {written['markdown']}", file=sys.stderr)
+                           batch_size=args.batch_size, repeats=args.repeats, allow_imports=args.allow_imports,
+                           calibrate=not args.no_calibrate)
+        written = None if args.no_calibrate else write_tables(rows, args.run_dir)
+    raw = ", BatchNorm statistics not calibrated" if args.no_calibrate else ""
+    print(format_tables(rows, title=f"Xross evaluation of {args.run_dir} ({args.split} split{raw})"))
+    print(f"wrote {written['csv']} and {written['markdown']}" if written else
+          "--no-calibrate: the run's xross.csv and xross.md are left as they were", file=sys.stderr)
     return 0
 
 
@@ -276,6 +291,9 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("targets", nargs="+", metavar="FILE | key=value")
     plan.add_argument("--eval", action="store_true", help="the evaluation plan instead of the training plan")
     plan.add_argument("--passes", action="store_true", help="the plan after lowering and after each pass")
+    plan.add_argument("--costs", action="store_true",
+                      help="then exact #params and MACs per image of every segment, adapter, path, aggregate "
+                           "and ensemble (no data, no latency)")
     plan.set_defaults(func=cmd_plan)
 
     models = sub.add_parser("models", help="list registered model names")
@@ -302,6 +320,9 @@ def parser() -> argparse.ArgumentParser:
                                                          "(default: the run's train.eval_batch_size)")
     evaluate.add_argument("--repeats", type=int, default=10,
                           help="timed batches per row for latency (median); 0 skips latency")
+    evaluate.add_argument("--no-calibrate", action="store_true",
+                          help="evaluate every path with its segments' own BatchNorm statistics (the raw numbers, "
+                               "for comparison; the run's tables are not rewritten)")
     evaluate.set_defaults(func=cmd_eval)
 
     pick = sub.add_parser("pick", help="export the most accurate path of a run under a budget")

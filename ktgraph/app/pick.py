@@ -16,6 +16,7 @@ from tabulate import tabulate
 
 from ..errors import GraphError
 from ..runtime import RunDir
+from ..runtime.calibrate import calibrate_job
 from ..runtime.export import export_module, path_module
 from ..runtime.measure import Row
 from ..runtime.rundir import XROSS_CSV, safe_name
@@ -112,12 +113,15 @@ def pick(run_dir: str | Path, cost: str, budget: float, *, out: str | Path | Non
     echo(f"Pareto front, top-1 % against {COSTS[cost]} (* picked, x over the budget):\n"
          f"{front_table(rows, cost, budget, chosen)}")
     run = load_run(run_dir, device="cpu", allow_imports=allow_imports)
-    module = path_module(run.job.bound, chosen.node)
+    # The statistics its row was evaluated with: recomputed, the same seeded batches give the same estimates.
+    calibrated = (run.job.program.eval, calibrate_job(run.job)) if chosen.calibrated else None
+    module = path_module(run.job.bound, chosen.node, calibrated)
     example = torch.randn(2, *run.job.input_shape, generator=torch.Generator().manual_seed(0))
     out = Path(out) if out else run_dir / f"picked-{safe_name(chosen.node, fallback='path')}.pt2"
     saved, how = export_module(module, example, out)
     echo(f"picked `{chosen.node}` ({chosen.kind}: {chosen.route}) under {COSTS[cost]} <= {human(budget)}\n"
          f"  top-1 {chosen.top1_last:.2f}% at the last epoch"
+         + (" (calibrated BatchNorm statistics, saved with it)" if chosen.calibrated else "")
          + (f", {chosen.top1_best:.2f}% at its best epoch {chosen.best_epoch}" if chosen.top1_best is not None
             else "") + "\n"
          f"  #params {chosen.params:,}, MACs/image {_exact(chosen.macs)}, "

@@ -1,8 +1,8 @@
 """``ktgraph run``: train a graph into a run directory, then its tables, pictures and report.
 
 Around the training itself: the resolved config, the environment and the rendered graph
-first; the accuracy table, the Xross table (every path with its cost) and ``report.md`` with
-its plots at the end. The job is prepared once, so the program the trainer runs is the one the
+first; the Xross table (every path with its cost, printed once) and ``report.md`` with its
+plots at the end. The job is prepared once, so the program the trainer runs is the one the
 tables and pictures read.
 
 The run directory is protected: a run never writes into a folder that holds anything but an
@@ -30,7 +30,7 @@ from ..runtime.checkpoint import config_difference, trained_config
 from ..runtime.rundir import CONFIG, ENV, GRAPH_SVG, SUMMARY, safe_name
 from .render import details_of, graph_dot, render
 from .report import TensorBoardLogger, write_report
-from .tables import accuracy_rows, accuracy_table
+from .tables import accuracy_rows
 from .xross import tables_after_training
 
 
@@ -134,9 +134,11 @@ def _make_folder(path: Path) -> None:
 
 def _finish(graph: KTGraph, trainer: Trainer, run: RunDir, state: Any, progress_bar: bool,
             echo: Callable[[str], object]) -> dict[str, Any]:
-    summary = {"graph": graph.name, "run_dir": str(run), "rows": accuracy_rows(graph, state.last, state.best)}
+    calibration = trainer.eval_executor.calibration
+    calibrated = calibration.nodes(trainer.program.eval) if calibration is not None else set()
+    summary = {"graph": graph.name, "run_dir": str(run),
+               "rows": accuracy_rows(graph, state.last, state.best, calibrated)}
     run.write_json(SUMMARY, summary)
-    echo(accuracy_table(graph, state.last, state.best))
     tables_after_training(trainer, progress=progress_bar, echo=echo, repeats=3)
     _optional("write the report", lambda: echo(f"report: {write_report(run.path)}"))
     return summary

@@ -1,4 +1,4 @@
-"""Tables for people: the accuracy table of a run, the Xross tables in the seed's layout, and counts.
+"""Tables for people: the summary rows of a run, the Xross tables in the seed's layout, costs, and counts.
 
 Everything here formats numbers already measured (``ktgraph.runtime.measure``) or logged; it
 computes nothing about the model.
@@ -6,17 +6,20 @@ computes nothing about the model.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from tabulate import tabulate
 
 from ..graph import KTGraph
-from ..runtime.measure import Row
+from ..runtime.measure import Cost, Row
 
 
-# --- the accuracy table at the end of a run ----------------------------------------------------------
-def accuracy_rows(graph: KTGraph, last: dict[str, Any], best: dict[str, Any]) -> list[dict[str, Any]]:
+# --- the summary of a run ----------------------------------------------------------
+def accuracy_rows(graph: KTGraph, last: dict[str, Any], best: dict[str, Any],
+                  calibrated: Collection[str] = ()) -> list[dict[str, Any]]:
+    """``summary.json``'s rows: each node's last and best test top-1, and whether its numbers were
+    evaluated with calibrated BatchNorm statistics."""
     rows = []
     for node, entry in last.items():
         top = best[node]
@@ -24,30 +27,12 @@ def accuracy_rows(graph: KTGraph, last: dict[str, Any], best: dict[str, Any]) ->
         row = {"node": node, "kind": graph.node_kind(node), "route": graph.node_route(node),
                "last_stage": entry["stage"], "last_epoch": entry["epoch"], "top1_last": entry["test"]["top1"],
                "best_stage": top["stage"], "best_epoch": top["epoch"], "top1_at_best": top["test"]["top1"],
-               "best_chosen_on": select}
+               "best_chosen_on": select, "calibrated": node in calibrated}
         if "top5" in entry["test"]:
             row["top5_last"] = entry["test"]["top5"]
         rows.append(row)
     order = {"network": 0, "cross path": 1, "aggregate": 2, "ensemble": 3}
     return sorted(rows, key=lambda r: (order[r["kind"]], r["node"]))
-
-
-def accuracy_table(graph: KTGraph, last: dict[str, Any], best: dict[str, Any]) -> str:
-    rows = accuracy_rows(graph, last, best)
-
-    def when(stage: str, epoch: int) -> str:
-        """Epochs count from 1 within their stage; the stage is named when there are several."""
-        return f"{stage} ep {epoch}" if len(graph.stages) > 1 else f"ep {epoch}"
-
-    headers = ["node", "kind", "route", "top-1 at last epoch", "top-1 at best epoch"]
-    body = [[r["node"], r["kind"], r["route"], f"{r['top1_last']:.2f} ({when(r['last_stage'], r['last_epoch'])})",
-             f"{r['top1_at_best']:.2f} ({when(r['best_stage'], r['best_epoch'])}, best on {r['best_chosen_on']})"]
-            for r in rows]
-    if any("top5_last" in r for r in rows):
-        headers.append("top-5 last")
-        for line, r in zip(body, rows):
-            line.append(f"{r.get('top5_last', float('nan')):.2f}")
-    return tabulate(body, headers=headers, tablefmt="github")
 
 
 # --- the Xross tables ------------------------------------------------------------------------
@@ -79,14 +64,36 @@ def _network_order(rows: list[Row]) -> list[str]:
     return nets
 
 
-def table_sections(rows: list[Row]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, headers, body) of each table: Xross tables, ensembles, then every row with its costs."""
+CALIBRATED = "*"  # marks a number evaluated with calibrated BatchNorm statistics
+
+
+def _acc(row: Row) -> str:
+    return _pct(row.top1_last) + (CALIBRATED if row.calibrated else "")
+
+
+def footnote(rows: list[Row]) -> str:
+    """What the marks say: which paths were evaluated with calibrated statistics, or that none was."""
+    if any(r.calibrated for r in rows):
+        return (f"{CALIBRATED} BatchNorm statistics calibrated for this node's paths on training batches (train.calibrate): "
+                "a cross path's down-half is fed features its own statistics do not describe. "
+                "`ktgraph eval --no-calibrate` gives the raw numbers.")
+    if any(r.kind == "cross path" for r in rows):
+        return ("Cross paths evaluated with their segments' own BatchNorm statistics (not calibrated): they "
+                "understate what the halves can do together; see train.calibrate.")
+    return ""
+
+
+def table_sections(rows: list[Row], *, every_row: bool = True) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, headers, body) of each table: Xross tables, the nodes they do not show (ensembles,
+    aggregates; networks without crosses), then, with ``every_row``, every row with its costs."""
     sections = []
     nets = _network_order(rows)
+    shown: set[str] = set()
     for part_names, group in _groups(rows).items():
+        shown.update(r.node for r in group)
         if len(part_names) == 2:
             up, down = part_names
-            cell = {r.parts: f"{_pct(r.top1_last)} ({_count(r.params)})" for r in group}
+            cell = {r.parts: f"{_acc(r)} ({_count(r.params)})" for r in group}
             downs = [n for n in nets if any(r.parts[1] == n for r in group)]
             ups = [n for n in nets if any(r.parts[0] == n for r in group)]
             body = [[u] + [cell.get((u, d), "-") for d in downs] for u in ups]
@@ -97,16 +104,21 @@ def table_sections(rows: list[Row]) -> list[tuple[str, list[str], list[list[str]
             ordered = sorted(group, key=lambda r: [rank[o] for o in r.parts])
             headers = [f"Part{i + 1} ({name})" for i, name in enumerate(part_names)]
             headers += ["top-1 last", "top-1 at best (ep)", "#params"]
-            body = [[*r.parts, _pct(r.top1_last), _best(r), _count(r.params)] for r in ordered]
+            body = [[*r.parts, _acc(r), _best(r), _count(r.params)] for r in ordered]
             sections.append((f"Xross table: {len(part_names)} parts ({', '.join(part_names)}), one line per path",
                              headers, body))
-    combined = [r for r in rows if not r.is_path]
-    if combined:
-        body = [[r.node, r.kind, r.route, _pct(r.top1_last), _best(r), _count(r.params), _count(r.macs)]
-                for r in combined]
-        sections.append(("Ensembles and aggregates",
-                         ["node", "kind", "inputs", "top-1 last", "top-1 at best (ep)", "#params", "MACs/image"],
-                         body))
+    others = [r for r in rows if r.node not in shown]
+    if others:
+        body = [[r.node, r.kind, r.route, _acc(r), _best(r), _count(r.params), _count(r.macs)] for r in others]
+        title = "Ensembles and aggregates" if all(not r.is_path for r in others) else "Nodes"
+        sections.append((title, ["node", "kind", "inputs", "top-1 last", "top-1 at best (ep)", "#params",
+                                 "MACs/image"], body))
+    if every_row:
+        sections.append(_every_row(rows))
+    return sections
+
+
+def _every_row(rows: list[Row]) -> tuple[str, list[str], list[list[str]]]:
     top5 = any(r.top5_last is not None for r in rows)
     sizes = {r.batch_size for r in rows if r.batch_size}
     devices = {r.device for r in rows if r.device}
@@ -117,21 +129,47 @@ def table_sections(rows: list[Row]) -> list[tuple[str, list[str], list[list[str]
     body = []
     for r in rows:
         line = [r.node, r.kind, " ".join(r.parts), r.route, _count(r.params), _count(r.macs),
-                "" if r.latency_ms is None else f"{r.latency_ms:.2f}", _pct(r.top1_last)]
+                "" if r.latency_ms is None else f"{r.latency_ms:.2f}", _acc(r)]
         line += [_pct(r.top5_last)] if top5 else []
         line += [_best(r)]
         body.append(line)
     where = f" on {devices.pop()}" if len(devices) == 1 else ""
-    sections.append((f"All rows: exact parameters, MACs per image, median latency per batch{where}", headers, body))
-    return sections
+    return f"All rows: exact parameters, MACs per image, median latency per batch{where}", headers, body
 
 
-def format_tables(rows: list[Row], *, markdown: bool = False, title: str = "") -> str:
-    """The tables as text: Markdown (with headings) or for the terminal."""
+def format_tables(rows: list[Row], *, markdown: bool = False, title: str = "", every_row: bool = True) -> str:
+    """The tables as text: Markdown (with headings) or for the terminal; ``every_row=False`` leaves
+    out the table of every row (the end of a run prints each row once)."""
     parts = [f"# {title}\n" if markdown else f"{title}\n"] if title else []
-    for heading, headers, body in table_sections(rows):
+    for heading, headers, body in table_sections(rows, every_row=every_row):
         table = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
         parts.append(f"## {heading}\n\n{table}\n" if markdown else f"{heading}\n{table}\n")
+    note = footnote(rows)
+    if note:
+        parts.append(f"{note}\n")
+    return "\n".join(parts)
+
+
+# --- costs before training (`ktgraph plan --costs`) ----------------------------------------------
+def _dims(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
+
+
+def format_costs(calls: list[Cost], nodes: list[Cost], *, title: str = "") -> str:
+    """Each segment and adapter call, then each node, with exact #params and MACs per image: the
+    Xross table's cost columns, known from the file alone."""
+    sections = [
+        ("Segments and adapters: one call each, on its own path's input",
+         ["segment / adapter", "kind", "input", "#params", "MACs/image"],
+         [[c.name, c.kind, _dims(c.input_shape), _count(c.params), _count(c.macs)] for c in calls]),
+        ("Paths, aggregates and ensembles: distinct parameters, each distinct call once",
+         ["node", "kind", "segments / inputs", "#params", "MACs/image"],
+         [[c.name, c.kind, c.route, _count(c.params), _count(c.macs)] for c in nodes]),
+    ]
+    parts = [f"{title}\n"] if title else []
+    right = ("left", "left", "left", "right", "right")  # counts line up on their last digit
+    parts += [f"{heading}\n{tabulate(body, headers=headers, tablefmt='github', colalign=right)}\n"
+              for heading, headers, body in sections if body]
     return "\n".join(parts)
 
 

@@ -19,12 +19,15 @@ def display_names(plan: Plan) -> dict[str, str]:
     return names
 
 
+STATS_NOTES = {"keep": "batch statistics, running ones kept", "calibrated": "BatchNorm statistics calibrated"}
+
+
 def _notes(plan: Plan, step: Step, use: dict[str, int], readers: dict[str, list[str]]) -> list[str]:
     """What the printout says after a call: readers, which node it is, its BatchNorm policy, its shape."""
     out = step.outputs[0]
     note = [f"shared by {use[out]} readers"] if use[out] > 1 else []
     note += ["= " + ", ".join(readers[out])] if out in readers else []
-    note += ["batch statistics, running ones kept"] if isinstance(step, Call) and step.stats == "keep" else []
+    note += [STATS_NOTES[step.stats]] if isinstance(step, Call) and step.stats in STATS_NOTES else []
     return note + [_shape(plan.values[out].shape)]
 
 

@@ -155,7 +155,7 @@ def choose_backward(plan: Plan, bound: BoundGraph) -> Plan:
 # --- finding fusable chunks ----------------------------------------------------------------------------
 def _candidates(plan: Plan, steps: list[Step], bound: BoundGraph, kind: Kind) -> list[list[Call]]:
     calls = [s for s in steps if isinstance(s, Call) and isinstance(s.module, SegmentId)
-             and bound.fusable.get(s.module) is not None]
+             and bound.fusable.get(s.module) is not None and s.stats != "calibrated"]
     groups: dict[object, list[Call]] = {}
     for call in calls:
         fixed = call.module.network in plan.fixed

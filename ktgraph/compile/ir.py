@@ -24,7 +24,7 @@ from ..kinds import AggregatorInput, AggregatorKind, Gate, GateContext, LinkInpu
 
 INPUT = "x"
 Shape = tuple[int, ...]
-Stats = Literal["update", "keep"]
+Stats = Literal["update", "keep", "calibrated"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,10 @@ class StepEnv(Protocol):
 
     def module(self, owner: ModuleId) -> object: ...
 
-    def call(self, owner: ModuleId, x: Tensor, stats: Stats) -> Tensor: ...
+    def call(self, owner: ModuleId, x: Tensor, stats: Stats, value: str) -> Tensor:
+        """``owner`` applied to ``x`` under BatchNorm policy ``stats``; ``value`` names the output (the
+        key of a calibrated call's own statistics)."""
+        ...
 
 
 class Step(ABC):
@@ -85,7 +88,9 @@ class Call(Step):
 
     ``stats="keep"``: BatchNorm layers normalise with the batch's statistics but leave their
     running statistics as they are (a segment fed another network's features, with
-    ``train.bn_stats: own``); ``update``: the usual training-mode call.
+    ``train.bn_stats: own``); ``update``: the usual training-mode call. In an eval plan,
+    ``calibrated``: the call normalises with statistics estimated for this value alone (a
+    cross path's down-half, ``train.calibrate``), when the executor holds them.
     """
 
     out: str
@@ -108,7 +113,7 @@ class Call(Step):
         return (self.module,)
 
     def run(self, env: StepEnv, inputs: list[Tensor]) -> list[Tensor]:
-        return [env.call(self.module, inputs[0], self.stats)]
+        return [env.call(self.module, inputs[0], self.stats, self.out)]
 
     def text(self, names: Mapping[str, str]) -> str:
         return f"{names[self.out]} = {self.module}({names[self.input]})"

@@ -86,6 +86,27 @@ class Lowering:
         own: set[ModuleId] = {agg.id} if agg.name in self.bound.modules.aggregators else set()
         return frozenset(own).union(*(self.own(r) for r in agg.inputs + agg.features))
 
+    def junctions(self, ref: Ref) -> frozenset[AdapterId]:
+        """The adapters on the way to a value: its path's junctions that have one (an aggregator's: its inputs')."""
+        if ref.kind == "logits":
+            found = self.graph.paths[ref.name].junctions()
+        elif ref.kind == "feature":  # an own-network prefix: no junction today, but a path's rule all the same
+            assert ref.segment is not None
+            segments = self.graph.path_of_feature(ref.segment)
+            found = [AdapterId(a, b) for a, b in zip(segments, segments[1:]) if a.network != b.network]
+        elif ref.kind == "label" or ref.name in self.graph.ensembles:
+            return frozenset()
+        else:
+            agg = self.graph.aggregator_of(ref.name)
+            return frozenset().union(*(self.junctions(r) for r in agg.inputs + agg.features))
+        return frozenset(j for j in found if j in self.bound.adapters)
+
+    def adjacent_adapters(self, link: Link) -> frozenset[AdapterId]:
+        """The adapters an explicit ``trains`` brings along: those on the target's path next to a segment it names."""
+        if link.trains is None or not link.train_adapters:
+            return frozenset()
+        return frozenset(j for j in self.junctions(link.target) if j.up in link.trains or j.down in link.trains)
+
     def term(self, link: Link) -> Term:
         target = self.value(link.target)
         source = None if link.source.kind == "label" else self.value(link.source)
@@ -96,8 +117,8 @@ class Lowering:
             wanted = None
         elif link.trains is None:  # the target's own parameters, and the link's own regressor
             wanted = self.own(link.target) | ({regressor} if regressor is not None else set())
-        else:
-            wanted = link.trains
+        else:  # what it names, and the adapters next to the segments it names (unless train_adapters: false)
+            wanted = link.trains | self.adjacent_adapters(link)
         return Term(link=link.name, node=link.target.name, loss=link.loss, gate=link.gate, weight=link.weight,
                     target=target, source=source, wanted=wanted)
 

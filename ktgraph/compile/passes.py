@@ -11,6 +11,9 @@
    routing stays exact, so a step runs few backward passes;
 7. ``fuse_calls``: segment calls batched into one call, as ``train.batching`` asks (``fusion.py``);
 8. ``choose_backward``: per-group backward, one routed backward, or no fusion, whichever is exact.
+
+The eval plan runs ``eliminate_dead_steps``, ``calibrate_batchnorm`` (which segment calls are
+evaluated with statistics of their own, ``train.calibrate``) and ``fuse_calls``.
 """
 from __future__ import annotations
 
@@ -89,6 +92,25 @@ def assign_batchnorm(plan: Plan, bound: BoundGraph) -> Plan:
     return replace(plan, steps=steps)
 
 
+def calibrate_batchnorm(plan: Plan, bound: BoundGraph) -> Plan:
+    """Mark the eval plan's segment calls whose BatchNorm statistics are re-estimated before evaluating.
+
+    ``cross`` (the default): the calls off their own network's path, whose running statistics
+    describe features they are not fed; ``all``: every segment call; ``none``: no call. Calls
+    are values, so a shared prefix is one call and is calibrated once.
+    """
+    paths = bound.graph.train.calibrate.paths
+    if paths == "none":
+        return plan
+    own = plan.own_path() if paths == "cross" else set()
+    marked = [s for s in plan.steps if isinstance(s, Call) and isinstance(s.module, SegmentId) and s.out not in own]
+    if not marked:
+        return plan
+    steps = tuple(replace(s, stats="calibrated") if s in marked else s for s in plan.steps)
+    note = f"calibrate_batchnorm: {len(marked)} segment call(s) get statistics of their own ({paths})"
+    return replace(plan, steps=steps, notes=plan.notes + (note,))
+
+
 def group_gradients(plan: Plan, bound: BoundGraph) -> Plan:
     """Group terms by what they train, then merge groups while routing stays exact.
 
@@ -125,4 +147,4 @@ def gradient_groups(terms: tuple[Term, ...]) -> tuple[Group, ...]:
 
 TRAIN_PASSES: tuple[Pass, ...] = (prune_links, eliminate_dead_steps, route_gradients, fix_untrained,
                                   assign_batchnorm, group_gradients, fuse_calls, choose_backward)
-EVAL_PASSES: tuple[Pass, ...] = (eliminate_dead_steps, fuse_calls)
+EVAL_PASSES: tuple[Pass, ...] = (eliminate_dead_steps, calibrate_batchnorm, fuse_calls)

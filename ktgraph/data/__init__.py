@@ -63,6 +63,7 @@ class DataBundle:
     in_channels: int
     image_size: int
     class_names: tuple[str, ...]
+    train_plain: Dataset | None = None  # the train split without augmentation (BatchNorm calibration)
 
     @property
     def info(self) -> DataInfo:
@@ -120,6 +121,7 @@ def build_data(spec: Any, seed: int) -> DataBundle:
         in_channels=3,
         image_size=size,
         class_names=raw.class_names,
+        train_plain=LabelledView(raw.train_images, raw.train_labels, pool[kept], plain),
     )
 
 

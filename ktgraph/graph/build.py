@@ -205,7 +205,7 @@ class _Builder(Structure):
         trains, everything = self.trains(fields["trains"], where + ("trains",))
         name = fields["name"] or (f"{kind}:{target}" if source.kind == "label" else f"{kind}:{source}->{target}")
         return Link(name=name, loss=loss, gate=gate, source=source, target=target, weight=float(fields["weight"]),
-                    trains=trains, trains_all=everything, where=where)
+                    trains=trains, trains_all=everything, train_adapters=bool(fields["train_adapters"]), where=where)
 
     def links_(self) -> list[Link]:
         links: list[Link] = []
@@ -250,6 +250,10 @@ class _Builder(Structure):
         self.aggregators_()
         links = self.links_()
         spec = self.spec
+        if spec.train.calibrate.split == "val" and spec.data.val_split == 0:
+            raise GraphError("train.calibrate.split is `val` but the data has no validation split",
+                             where=("train", "calibrate", "split"),
+                             suggestion="set data.val_split (e.g. 0.1), or calibrate on split: train")
         return KTGraph(spec.name, spec.description, self.networks, self.paths, self.aliases, self.aggregators,
                        self.ensembles(), links, self.stages(links), bool(spec.stages), spec.data, spec.train,
                        self.document(), self.source)

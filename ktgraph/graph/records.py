@@ -111,7 +111,8 @@ class Link:
     """One resolved, expanded link.
 
     ``trains``: the owners it names, or None for "the target's own parameters";
-    ``trains_all``: it trains everything its loss depends on.
+    ``trains_all``: it trains everything its loss depends on; ``train_adapters``: an explicit
+    ``trains`` also trains the junction adapters of the target's path next to a segment it names.
     """
 
     name: str
@@ -122,6 +123,7 @@ class Link:
     weight: float
     trains: frozenset[ModuleId] | None = None
     trains_all: bool = False
+    train_adapters: bool = True
     where: Where = ()
 
 

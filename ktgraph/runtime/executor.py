@@ -3,10 +3,13 @@
 Each step runs itself (:meth:`~ktgraph.compile.ir.Step.run`); the executor gives it the modules
 and applies a call's BatchNorm policy without touching a module: a call that keeps running
 statistics runs under ``torch.func.functional_call`` with those buffers set to None, which is
-exactly BatchNorm with batch statistics and no update, composable with vmap and compile.
+exactly BatchNorm with batch statistics and no update, composable with vmap and compile; a
+calibrated call of an eval plan runs with its value's estimated statistics in their place
+(``runtime/statistics.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -23,6 +26,7 @@ from ..graph import ModuleId
 from ..kinds import GateContext
 from ..zoo import Segment
 from .fusion import RUNNING, FusedRunner, Scope, norms, scope_of
+from .statistics import Calibration, Norm, estimating
 
 V = TypeVar("V", Tensor, float)
 
@@ -30,17 +34,18 @@ V = TypeVar("V", Tensor, float)
 class Executor:
     """Executes one compiled plan on a graph's modules."""
 
-    def __init__(self, plan: Plan, modules: GraphModules) -> None:
+    def __init__(self, plan: Plan, modules: GraphModules, calibration: Calibration | None = None) -> None:
         self.plan = plan
         self.modules = modules
+        self.calibration = calibration  # estimated statistics of the calibrated calls (None: their own)
         self.labels: Tensor | None = None
         self.ctx: GateContext | None = None
-        self._kept: dict[ModuleId, tuple[Scope, dict[str, None]]] = {}
+        self._scopes: dict[ModuleId, tuple[Scope, list[tuple[str, Norm]]]] = {}
         self._params: dict[frozenset[ModuleId], list[nn.Parameter]] = {}
         self._fused = {id(s): FusedRunner(s, modules) for s in plan.steps if isinstance(s, FusedCall)}
         for step in plan.steps:  # found now, so that nothing is looked up for the first time while compiling
-            if isinstance(step, Call) and step.stats == "keep":
-                self._keeping(step.module, modules.module(step.module))
+            if isinstance(step, Call) and step.stats != "update":
+                self._scope(step.module, modules.module(step.module))
         self._steps: Callable[[Tensor, Tensor | None], dict[str, Tensor]] = self._run_steps
         self.compile_seconds: float | None = None  # how long torch.compile took, once it has run
         if plan.compile:
@@ -50,20 +55,25 @@ class Executor:
     def module(self, owner: ModuleId) -> object:
         return self.modules.module(owner)
 
-    def call(self, owner: ModuleId, x: Tensor, stats: Stats) -> Tensor:
+    def call(self, owner: ModuleId, x: Tensor, stats: Stats, value: str) -> Tensor:
         module = self.modules.module(owner)
         assert module is not None
-        if stats == "update" or not module.training:
+        if stats == "calibrated" and self.calibration is not None and value in self.calibration.buffers:
+            scope, held = self._scope(owner, module)
+            with estimating([n for _, n in held]) if self.calibration.estimating else contextlib.nullcontext():
+                return functional_call(scope, self.calibration.buffers[value], (x,), tie_weights=False, strict=False)
+        if stats != "keep" or not module.training:
             return module(x)
-        scope, buffers = self._keeping(owner, module)
-        return functional_call(scope, buffers, (x,), tie_weights=False, strict=False) if buffers else module(x)
+        scope, held = self._scope(owner, module)
+        kept = {f"{prefix}.{b}": None for prefix, _ in held for b in RUNNING}
+        return functional_call(scope, kept, (x,), tie_weights=False, strict=False) if kept else module(x)
 
-    def _keeping(self, owner: ModuleId, module: Segment | nn.Module) -> tuple[Scope, dict[str, None]]:
-        """A scope for ``module`` and the names of the running statistics to hold still while it runs."""
-        if owner not in self._kept:
+    def _scope(self, owner: ModuleId, module: Segment | nn.Module) -> tuple[Scope, list[tuple[str, Norm]]]:
+        """A scope for ``module`` and (buffer prefix, BatchNorm) of the statistics a policy stands in for."""
+        if owner not in self._scopes:
             scope, owned = scope_of(module)
-            self._kept[owner] = (scope, {f"{prefix}.{b}": None for prefix, _ in norms(owned) for b in RUNNING})
-        return self._kept[owner]
+            self._scopes[owner] = (scope, norms(owned))
+        return self._scopes[owner]
 
     def fused(self, step: FusedCall, xs: list[Tensor]) -> list[Tensor]:
         return self._fused[id(step)](xs)

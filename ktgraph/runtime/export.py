@@ -6,6 +6,7 @@ TorchScript when export fails. Loading it needs no ktgraph.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,19 @@ import torch
 from torch import nn
 
 from ..bind import BoundGraph
+from ..compile import Call, Plan
 from ..errors import GraphError
 from ..graph import AdapterId
+from .fusion import RUNNING, norms, scope_of
+from .statistics import Calibration
 
 
-def path_module(bound: BoundGraph, node: str) -> nn.Sequential:
+def path_module(bound: BoundGraph, node: str, calibrated: tuple[Plan, Calibration] | None = None) -> nn.Sequential:
     """The path's segments, with the adapters at its junctions, as one ``nn.Sequential`` in eval mode.
 
-    The modules are the graph's own (not copies): use it for export or inference.
+    The modules are the graph's own (not copies): use it for export or inference. With
+    ``calibrated`` = (the eval plan, its calibration), a copy whose BatchNorms hold the statistics
+    the path was evaluated with: the exported path reproduces its row of the Xross table.
     """
     graph, modules = bound.graph, bound.modules
     node = graph.aliases.get(node, node)
@@ -35,7 +41,23 @@ def path_module(bound: BoundGraph, node: str) -> nn.Sequential:
             parts.append(modules.adapters[AdapterId(previous, segment).key])
         parts.append(modules.segments[segment].as_module())
         previous = segment
-    return nn.Sequential(*parts).eval()
+    chain = nn.Sequential(*parts).eval()
+    return chain if calibrated is None else _with_statistics(chain, bound, node, *calibrated)
+
+
+def _with_statistics(chain: nn.Sequential, bound: BoundGraph, node: str, plan: Plan,
+                     calibration: Calibration) -> nn.Sequential:
+    """A copy of ``chain`` whose calibrated calls' BatchNorms hold their estimated statistics."""
+    found: dict[int, Any] = {}  # deepcopy's memo: the copy of each original object, by id
+    copied = copy.deepcopy(chain, found)
+    for step in plan.restrict([node]).steps:
+        estimates = calibration.buffers.get(step.out) if isinstance(step, Call) else None
+        if estimates:
+            for prefix, norm in norms(scope_of(bound.modules.module(step.module))[1]):
+                held = found[id(norm)]
+                for name in RUNNING:
+                    getattr(held, name).copy_(estimates[f"{prefix}.{name}"])
+    return copied
 
 
 def export_module(module: nn.Module, example: torch.Tensor, out: str | Path) -> tuple[Path, str]:

@@ -3,19 +3,21 @@
 :func:`prepare` binds and compiles exactly once; the trainer, the Xross table, ``pick`` and the
 report all read the job's program. Without data (``ktgraph plan``, ``render``, ``validate``),
 the number of classes and the image size come from the file or the data set's registration.
+A trainable module that no stage trains is named in an :class:`~ktgraph.errors.UntrainedModuleWarning`.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
 
 from ..bind import BoundGraph, GraphModules, bind
-from ..compile import Plan, Program, compile_program
+from ..compile import Plan, Program, compile_program, untrained
 from ..compile.pipeline import Trace
 from ..data import DataBundle, build_data, data_info
-from ..errors import GraphError
-from ..graph import KTGraph
+from ..errors import GraphError, UntrainedModuleWarning
+from ..graph import AdapterId, AggregatorId, KTGraph, RegressorId
 from ..kinds import GateContext
 from .executor import Executor
 
@@ -66,8 +68,30 @@ def prepare(graph: KTGraph, *, with_data: bool = True, device: str | torch.devic
     bound = bind(graph, info.num_classes, (info.in_channels, info.image_size, info.image_size), device=target.type)
     program = compile_program(bound, trace=trace)
     dry_run(program, bound)
+    warn_untrained(program, bound)
     bound.modules.to(target)
     return Job(graph, bound, program, data, target)
+
+
+def warn_untrained(program: Program, bound: BoundGraph) -> None:
+    """Warn, naming every trainable module that no link of any stage trains (its weights would stay as
+    initialised)."""
+    left = untrained(program, bound)
+    if not left:
+        return
+    kinds = {AdapterId: "adapter", AggregatorId: "aggregator", RegressorId: "regressor"}
+    names = ", ".join(f"{o} ({kinds.get(type(o), 'segment')})" for o in left)
+    source = bound.graph.source
+    place = source.file if source is not None else bound.graph.name or "<graph>"
+    hints = ["add the module to a link's `trains`"]
+    if any(isinstance(o, AdapterId) for o in left):
+        hints.append("an adapter is trained by the links whose target path crosses it that leave `trains` out, "
+                     "or whose `trains` names it or a segment next to it (unless they set `train_adapters: false`)")
+    if any(type(o) not in kinds for o in left):
+        hints.append("a network that only teaches can say so with `frozen: true`")
+    warnings.warn(UntrainedModuleWarning(
+        f"{place}: trained by no link of any stage, so their weights stay as initialised: {names}"
+        + "".join(f"\n  hint: {h}" for h in hints)), stacklevel=3)
 
 
 def dry_run(program: Program, bound: BoundGraph) -> None:

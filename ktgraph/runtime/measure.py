@@ -11,23 +11,25 @@ with its own accuracy, size and speed. For each network, cross path, aggregate a
 * latency per batch: eval mode, no grad, a warm-up, then the median of repeats.
 
 Every cost runs only the steps of the eval plan that the node depends on (``Plan.restrict``).
+Before training, :func:`call_costs` and :func:`node_costs` give the same counts, per segment and
+adapter too, without timing anything (``ktgraph plan --costs``).
 """
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..bind import GraphModules
-from ..compile import Plan
+from ..compile import INPUT, Call, Plan, Value
 from ..compile.fusion import unfuse
 from ..errors import unknown_name
-from ..graph import KTGraph
+from ..graph import AdapterId, KTGraph, SegmentId
 from .executor import Executor
 
 PATH_KINDS = ("network", "cross path")  # rows that are one chain of segments (what `ktgraph pick` exports)
@@ -43,7 +45,9 @@ class Row:
     ``parts``: the network that owns each part position, for paths whose networks share part
     names (else empty), and ``part_names`` those positions' names. Accuracies are in percent:
     ``top1_last`` from the last checkpoint, ``top1_best`` the same split's top-1 at
-    ``best_epoch`` (counted from 1 over all stages; chosen on val when the run has one).
+    ``best_epoch`` (counted from 1 over all stages; chosen on val when the run has one);
+    ``calibrated``: evaluated with BatchNorm statistics estimated for this path
+    (``runtime/calibrate.py``).
     """
 
     node: str
@@ -61,6 +65,7 @@ class Row:
     parts: tuple[str, ...] = ()
     part_names: tuple[str, ...] = ()
     device: str = ""
+    calibrated: bool = False
 
     @property
     def is_path(self) -> bool:
@@ -153,8 +158,10 @@ def part_positions(graph: KTGraph, node: str) -> tuple[tuple[str, ...], tuple[st
 def measure_rows(graph: KTGraph, modules: GraphModules, plan: Plan, input_shape: tuple[int, ...],
                  nodes: Iterable[str], accuracy: dict[str, dict[str, float]],
                  best: dict[str, tuple[int, float]], *, batch_size: int, repeats: int = 10, warmup: int = 2,
-                 max_seconds: float | None = 2.0, progress: Any = iter) -> list[Row]:
-    """A row per node: its accuracy (given), best epoch (given) and measured costs."""
+                 max_seconds: float | None = 2.0, progress: Any = iter,
+                 calibrated: Collection[str] = ()) -> list[Row]:
+    """A row per node: its accuracy (given, ``calibrated`` for the nodes evaluated with calibrated
+    BatchNorm statistics), best epoch (given) and measured costs."""
     rows = []
     for node in progress(list(nodes)):
         sub = node_plan(plan, graph, node)
@@ -167,5 +174,57 @@ def measure_rows(graph: KTGraph, modules: GraphModules, plan: Plan, input_shape:
             macs=node_macs(modules, sub, input_shape), latency_ms=latency, batch_size=batch_size,
             top1_last=accuracy[node]["top1"], top5_last=accuracy[node].get("top5"), top1_best=top1_best,
             best_epoch=epoch, segments=tuple(map(str, graph.paths[node].segments)) if node in graph.paths else (),
-            parts=parts, part_names=part_names, device=str(_device(modules))))
+            parts=parts, part_names=part_names, device=str(_device(modules)), calibrated=node in calibrated))
     return rows
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The exact size and MACs per image of one module call or one node, known before training.
+
+    ``name``: a segment (``net1.up``), an adapter (``net1.up>net2.down``) or a node;
+    ``input_shape``: per sample, what the call reads (for a node, the image).
+    """
+
+    name: str
+    kind: str
+    route: str
+    input_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+def call_costs(modules: GraphModules, plan: Plan) -> list[Cost]:
+    """One row per segment and adapter the plan runs: its own parameters and the MACs of one call.
+
+    A segment is costed on its own path's input (``Plan.own_path``), where it runs in its own
+    network; a cross path's calls of it cost the same once an adapter has fitted the shape.
+    """
+    plan = unfuse(plan)
+    own = plan.own_path()
+    chosen: dict[SegmentId | AdapterId, Call] = {}
+    for step in plan.steps:
+        if isinstance(step, Call) and isinstance(step.module, (SegmentId, AdapterId)):
+            if step.module not in chosen or (step.out in own and chosen[step.module].out not in own):
+                chosen[step.module] = step
+    costs = []
+    for module, step in chosen.items():
+        shape = plan.values[step.input].shape
+        alone = replace(plan, steps=(replace(step, input=INPUT, stats="update"),), outputs={}, features={},
+                        values={INPUT: Value(INPUT, shape), step.out: plan.values[step.out]}, terms=(), groups=(),
+                        notes=())
+        costs.append(Cost(name=str(module), kind="segment" if isinstance(module, SegmentId) else "adapter",
+                          route=str(module), input_shape=shape, params=node_params(modules, alone),
+                          macs=node_macs(modules, alone, shape)))
+    return costs
+
+
+def node_costs(graph: KTGraph, modules: GraphModules, plan: Plan, input_shape: tuple[int, ...],
+               nodes: Iterable[str]) -> list[Cost]:
+    """Parameters and MACs of each node, as ``measure_rows`` counts them, with no data and no timing."""
+    costs = []
+    for node in nodes:
+        sub = node_plan(plan, graph, node)
+        costs.append(Cost(name=node, kind=graph.node_kind(node), route=graph.node_route(node), input_shape=input_shape,
+                          params=node_params(modules, sub), macs=node_macs(modules, sub, input_shape)))
+    return costs

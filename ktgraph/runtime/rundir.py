@@ -50,7 +50,7 @@ HEATMAP = "xross_heatmap.svg"
 PARETO = "pareto.svg"
 TENSORBOARD = "tensorboard"
 XROSS_COLUMNS = ("node", "kind", "parts", "segments", "params", "macs", "latency_ms", "batch_size", "top1_last",
-                 "top5_last", "top1_best", "best_epoch")
+                 "top5_last", "top1_best", "best_epoch", "calibrated")
 Position = tuple[int, int]  # (stage index, epochs done in it)
 RUN_FILES = (CONFIG, ENV, METRICS, SUMMARY, CHECKPOINTS, XROSS_CSV, XROSS_MD, REPORT, *GRAPH_IMAGES, CURVES, HEATMAP,
              PARETO, TENSORBOARD, "picked-*")  # what `ktgraph run --overwrite` removes first
@@ -303,7 +303,8 @@ def _record(row: Row) -> dict[str, Any]:
             "params": row.params, "macs": "" if row.macs is None else row.macs,
             "latency_ms": number(row.latency_ms, 4), "batch_size": row.batch_size or "",
             "top1_last": number(row.top1_last, 4), "top5_last": number(row.top5_last, 4),
-            "top1_best": number(row.top1_best, 4), "best_epoch": row.best_epoch or ""}
+            "top1_best": number(row.top1_best, 4), "best_epoch": row.best_epoch or "",
+            "calibrated": "yes" if row.calibrated else ""}
 
 
 def _row(record: dict[str, str]) -> Row:
@@ -317,4 +318,4 @@ def _row(record: dict[str, str]) -> Row:
                top1_last=float(record["top1_last"]), top5_last=opt("top5_last", float),
                top1_best=opt("top1_best", float), best_epoch=opt("best_epoch", int),
                segments=tuple(route.split(" > ")) if kind in PATH_KINDS else (),
-               parts=tuple(record.get("parts", "").split()))
+               parts=tuple(record.get("parts", "").split()), calibrated=record.get("calibrated") == "yes")

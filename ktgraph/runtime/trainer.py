@@ -25,6 +25,7 @@ from ..compile import Plan
 from ..errors import TrainingError
 from ..graph import KTGraph, ModuleId, Stage
 from ..kinds import EpochInfo, GateContext
+from .calibrate import calibrate_job
 from .evaluate import evaluate, make_loader
 from .executor import Executor
 from .checkpoint import config_difference, trained_config, upgrade_state
@@ -153,12 +154,14 @@ class Trainer:
             train_stats = self._train_epoch(executor, optimizer, scheduler, scaler, stage, epoch, steps)
             self._check_state(stage, epoch)
             self.hooks.epoch_end(info)
-            results = self._evaluate()
+            results, calibration = self._evaluate()
             self._record(stage, epoch, results)
             self.state.epoch = epoch + 1
             line = {"stage": stage.name, "stage_index": self.state.stage, "epoch": epoch + 1,
                     "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3),
-                    **train_stats, **results}
+                    **train_stats, **calibration, **results}
+            if executor.compile_seconds is not None:
+                line["compile_seconds"] = round(executor.compile_seconds, 3)
             # Metrics first: a crash before the checkpoint replays this epoch, and resume drops its line.
             self.run_dir.append_metrics(line)
             for callback in self.on_epoch:
@@ -256,14 +259,24 @@ class Trainer:
             return f"the last good checkpoint is {self.run_dir.checkpoint}"
         return "no checkpoint was written yet"
 
-    def _evaluate(self) -> dict[str, Any]:
+    def _evaluate(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Every node's accuracy per split, and what the metrics say about calibration: which nodes
+        were evaluated with calibrated BatchNorm statistics (none when ``train.calibrate.every_epoch``
+        is false) and what estimating them cost."""
+        about: dict[str, Any] = {}
+        if self.settings.calibrate.every_epoch:
+            started = time.perf_counter()
+            self.eval_executor.calibration = calibrate_job(self.job)
+            nodes = self.eval_executor.calibration.nodes(self.program.eval)
+            if nodes:
+                about = {"calibrated": sorted(nodes), "calibration_seconds": round(time.perf_counter() - started, 3)}
         splits = {"test": self.data.test, "val": self.data.val}
         results = {}
         for name, dataset in splits.items():
             if dataset is not None:
                 loader = make_loader(dataset, self.settings.eval_batch_size, num_workers=self.graph.data.num_workers)
                 results[name] = evaluate(self.eval_executor, loader, self.device, self.data.num_classes)
-        return results
+        return results, about
 
     def _record(self, stage: Stage, epoch: int, results: dict[str, Any]) -> None:
         """Last and best accuracy per node; "best" is chosen on val when there is one, else test."""

@@ -88,6 +88,7 @@ class LinkCommon(Strict):
     weight: float = 1.0
     allow_negative: bool = False  # a negative weight maximises the loss: only when the file says so
     trains: list[str] | None = None
+    train_adapters: bool = True  # an explicit `trains` also trains the junction adapters next to what it names
     each: dict[Name, list[str]] | None = None
     distinct: bool = True
 

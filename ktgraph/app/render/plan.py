@@ -66,7 +66,7 @@ class _PlanDrawing:
         label = lines(self.name(step.out), ("adapter " if isinstance(step.module, AdapterId) else "")
                       + str(step.module), ("= " + ", ".join(nodes)) if nodes else "",
                       f"{readers} readers" if readers > 1 else "",
-                      "batch statistics only" if step.stats == "keep" else "")
+                      {"keep": "batch statistics only", "calibrated": "calibrated statistics"}.get(step.stats, ""))
         attrs = {"shape": "box", "style": "rounded,filled", "fillcolor": "#f4f4f4",
                  "tooltip": f"{self.name(step.out)} = {step.out}"}
         if joins:

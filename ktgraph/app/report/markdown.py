@@ -160,11 +160,14 @@ def _accuracy(summary: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> 
         last = _when(r.get("last_stage"), r.get("last_epoch"), staged)
         best = _when(r.get("best_stage"), r.get("best_epoch"), staged)
         line = (f"| `{_cell(r.get('node'))}` | {_cell(r.get('kind', ''))} | {_cell(r.get('route', ''))} "
-                f"| {_pct(r.get('top1_last'))} ({last}) "
+                f"| {_pct(r.get('top1_last'))}{'*' if r.get('calibrated') else ''} ({last}) "
                 f"| {_pct(r.get('top1_at_best'))} ({best}, {r.get('best_chosen_on', '?')}) |")
         if has_top5:
             line += f" {_pct(r.get('top5_last'))} |"
         lines.append(line)
+    if any(r.get("calibrated") for r in rows):
+        lines += ["", "\\* BatchNorm statistics calibrated for the node's cross paths on training batches "
+                      "(`train.calibrate`), in every epoch's evaluation as in the final one."]
     return "\n".join(lines)
 
 

@@ -115,6 +115,13 @@ def plot_curves(source: str | Path | Sequence[dict[str, Any]], out: str | Path |
         loss_ax.annotate(f"stage {lines[begin].get('stage', '?')}", xy=((xs[begin] + xs[end - 1]) / 2, 1.0),
                          xycoords=("data", "axes fraction"), xytext=(0, 3), textcoords="offset points",
                          ha="center", va="bottom", fontsize=9, color="0.3")
+    losses = [v for node in nodes for line in lines if (v := _get(line, "node_loss", node)) is not None]
+    if losses and min(losses) >= 0:  # no margin below a loss that cannot be negative
+        loss_ax.set_ylim(bottom=0)
+    accs = [v for node in nodes for line in lines for key in ("test", "val")
+            if (v := _get(line, key, node, "top1")) is not None]
+    if accs:
+        acc_ax.set_ylim(*percent_limits(accs, below=0.05, above=0.05))
     loss_ax.set_ylabel("training loss (sum of its links)")
     acc_ax.set_ylabel("test top-1 (%)" + (";  val dashed" if has_val else ""))
     acc_ax.set_xlabel("epoch (counted across stages)")
@@ -216,7 +223,14 @@ def plot_xross_heatmap(source: str | Path | Sequence[Row], out: str | Path | Non
                      "every path's test top-1 instead", fontsize=10)
     if cuts and show_bars:
         fig.suptitle(f"Xross: test top-1 (%) of the {parts}-part paths, last epoch", fontweight="bold")
+    if any(r.calibrated for r in paths):
+        fig.text(0.01, 0.003, "* BatchNorm statistics calibrated for this path on training batches (train.calibrate)",
+                 fontsize=8, color="0.3", ha="left", va="bottom")
     return _save(fig, out)
+
+
+def _mark(row: Row) -> str:
+    return "*" if row.calibrated else ""
 
 
 def _heatmaps(fig, cuts: list[_Cut], nets: list[str], parts: int, vmin: float, vmax: float) -> None:
@@ -231,7 +245,7 @@ def _heatmaps(fig, cuts: list[_Cut], nets: list[str], parts: int, vmin: float, v
         image = ax.imshow(grid, cmap=cmap, norm=norm)
         for (up, down), row in cut.cells.items():
             r, c = nets.index(up), nets.index(down)
-            text = f"{row.top1_last:.2f}%"
+            text = f"{row.top1_last:.2f}%{_mark(row)}"
             if row.params is not None:
                 text += f"\n{human_count(row.params)} params"
             luminance = sum(w * v for w, v in zip((0.299, 0.587, 0.114), cmap(norm(row.top1_last))[:3]))
@@ -267,26 +281,35 @@ def _bars(fig, paths: list[Row]) -> None:
     ranked = sorted(paths, key=lambda r: (-r.top1_last, r.node))
     ys = list(range(len(ranked)))
     accs = [r.top1_last for r in ranked]
-    # Paths often differ by tenths of a point: the axis starts near the lowest, not at 0.
-    low, high = min(accs), max(accs)
-    span = max(high - low, 0.5)
-    left = max(0.0, low - 0.5 * span)
+    # Paths often differ by tenths of a point: the axis starts near the lowest, not at 0, and ends
+    # just past the highest; long bars carry their label inside, short ones just after their end.
+    left, right = percent_limits(accs, below=0.5, above=0.05)
     colors = ["tab:blue" if r.kind == "network" else "tab:orange" for r in ranked]
     ax.barh(ys, [a - left for a in accs], left=left, color=colors)
     ax.set_yticks(ys, [r.node for r in ranked], fontsize=8)
     ax.invert_yaxis()
     for y, row in zip(ys, ranked):
-        label = f" {row.top1_last:.2f}%"
+        label = f"{row.top1_last:.2f}%{_mark(row)}"
         if row.params is not None:
             label += f"  ({human_count(row.params)} params)"
-        ax.text(row.top1_last, y, label, va="center", fontsize=8)
-    ax.set_xlim(left, high + 0.9 * span)
+        inside = row.top1_last - left > 0.5 * (right - left)
+        ax.text(row.top1_last, y, f"{label} " if inside else f" {label}", va="center", fontsize=8,
+                ha="right" if inside else "left", color="white" if inside else "black")
+    ax.set_xlim(left, right)
     ax.set_xlabel("test top-1 (%), last epoch" + (f" (axis starts at {left:.2f})" if left > 0 else ""))
     ax.grid(True, axis="x", alpha=0.3)
     handles = [mpatches.Patch(color="tab:blue", label="network"),
                mpatches.Patch(color="tab:orange", label="cross path")]
     ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_title("Every path, sorted by test top-1 (last epoch); #params in brackets", fontsize=10)
+
+
+def percent_limits(values: Sequence[float], *, below: float, above: float) -> tuple[float, float]:
+    """An accuracy axis that fits its data: ``below`` and ``above`` times the values' span (at
+    least half a point) past the extremes, cut at 0 % and 100 % unless a value lies beyond."""
+    low, high = min(values), max(values)
+    span = max(high - low, 0.5)
+    return max(min(0.0, low), low - below * span), min(max(100.0, high), high + above * span)
 
 
 # --- accuracy versus cost ----------------------------------------------------------------
@@ -338,6 +361,7 @@ def _pareto_panel(ax, paths: list[Row], others: list[Row], field: str, name: str
     for n, (row, cost) in enumerate(sorted(points + extra, key=lambda p: p[1])):
         ax.annotate(row.node, (cost, row.top1_last), xytext=(4, 4 if n % 2 == 0 else -10),
                     textcoords="offset points", fontsize=7)
+    ax.set_ylim(*percent_limits([r.top1_last for r, _ in points + extra], below=0.1, above=0.1))  # room for labels
     ax.set_xscale("log")
     costs = [c for _, c in points + extra]
     ratio = max(costs) / min(costs)
