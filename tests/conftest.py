@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import textwrap
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from torch import nn
 
 from ktgraph.bind import bind
 from ktgraph.compile import compile_program
+from ktgraph.data import DATASETS
 from ktgraph.graph import build_graph
 from ktgraph.runtime import Executor
 from ktgraph.spec import load_document, parse_yaml
@@ -67,6 +70,22 @@ class Built:
 
     def grads(self) -> dict[str, torch.Tensor | None]:
         return {n: (p.grad.clone() if p.grad is not None else None) for n, p in self.model.named_parameters()}
+
+
+@pytest.fixture
+def no_loading() -> Iterator[None]:
+    """Every registered data set's loader fails the test if it is called."""
+    saved = DATASETS.snapshot()
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data set was loaded")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # replacing registered loaders warns, on purpose
+        for name in list(DATASETS):
+            DATASETS.register(name=name, **DATASETS.metadata(name))(no_data)
+    yield
+    DATASETS.restore(saved)
 
 
 @pytest.fixture(autouse=True, scope="session")

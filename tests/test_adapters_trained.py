@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,7 +18,6 @@ from torch import Tensor, nn
 from conftest import ROOT
 from ktgraph.app.cli import main
 from ktgraph.compile import untrained
-from ktgraph.data import DATASETS
 from ktgraph.errors import UntrainedModuleWarning
 from ktgraph.graph import AdapterId, SegmentId, load_graph
 from ktgraph.kinds import GateContext
@@ -35,20 +33,6 @@ CROSS_LINKS = [2, 3, 4, 5]  # the up- and down-mimic entries of xml.yaml's `link
 NO_ADAPTERS = [f"links.{i}.train_adapters=false" for i in CROSS_LINKS]
 
 
-@pytest.fixture
-def no_loading() -> Iterator[None]:
-    """Every registered data set's loader fails the test if it is called."""
-    saved = DATASETS.snapshot()
-
-    def no_data(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the data set was loaded")
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # replacing registered loaders warns, on purpose
-        for name in list(DATASETS):
-            DATASETS.register(name=name, **DATASETS.metadata(name))(no_data)
-    yield
-    DATASETS.restore(saved)
 
 
 def job_of(path, overrides=(), *, with_data: bool = False):

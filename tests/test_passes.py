@@ -7,7 +7,6 @@ conversions; state-dict keys are structural, and old checkpoints still load.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from ktgraph.bind import bind
 from ktgraph.compile import INPUT, TRAIN_PASSES, Call, compile_plan
 from ktgraph.compile import passes as P
 from ktgraph.compile.lower import lower_eval, lower_train
-from ktgraph.data import DATASETS
 from ktgraph.graph import SegmentId, load_graph
 from ktgraph.runtime import Executor, prepare
 from ktgraph.runtime.checkpoint import upgrade_state
@@ -169,20 +167,6 @@ def test_a_run_compiles_once_per_stage_and_once_for_evaluation(graph, plans, tmp
     assert len(calls) == plans  # the end-of-run table, pictures and report read the same program
 
 
-@pytest.fixture
-def no_loading():
-    """Every registered data set's loader fails the test if it is called."""
-    saved = DATASETS.snapshot()
-
-    def no_data(*args, **kwargs):
-        raise AssertionError("the data set was loaded")
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # replacing registered loaders warns, on purpose
-        for name in list(DATASETS):
-            DATASETS.register(name=name, **DATASETS.metadata(name))(no_data)
-    yield
-    DATASETS.restore(saved)
 
 
 @pytest.mark.usefixtures("no_loading")

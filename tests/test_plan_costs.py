@@ -2,8 +2,7 @@
 figure axes that fit their data."""
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import ROOT
 from ktgraph.app.cli import main
 from ktgraph.app.report import plots
-from ktgraph.data import DATASETS
 from ktgraph.runtime import measure
 from ktgraph.runtime.measure import Row
 from ktgraph.zoo import MODELS
@@ -23,20 +21,6 @@ XML = str(ROOT / "graphs/xml.yaml")  # net1: resnet8, net2: resnet14, both cut a
 
 
 # --- helpers -----------------------------------------------------------------------------------------
-@pytest.fixture
-def no_loading() -> Iterator[None]:
-    """Every registered data set's loader fails the test if it is called."""
-    saved = DATASETS.snapshot()
-
-    def no_data(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the data set was loaded")
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # replacing registered loaders warns, on purpose
-        for name in list(DATASETS):
-            DATASETS.register(name=name, **DATASETS.metadata(name))(no_data)
-    yield
-    DATASETS.restore(saved)
 
 
 def costs(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, tuple[int, int]]:

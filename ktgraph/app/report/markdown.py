@@ -167,7 +167,7 @@ def _accuracy(summary: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> 
         lines.append(line)
     if any(r.get("calibrated") for r in rows):
         lines += ["", "\\* BatchNorm statistics calibrated for the node's cross paths on training batches "
-                      "(`train.calibrate`), in every epoch's evaluation as in the final one."]
+                      "(`train.calibrate`)."]
     return "\n".join(lines)
 
 
