@@ -1,6 +1,6 @@
 """Checkpoints and run files written atomically, and checkpoints read back safely (``weights_only=True``).
 
-A file is written to a temporary file in its folder (``.NAME.XXXXXX.tmp``), synced to disk,
+A file is written to a temporary file in its folder (``.NAME.<random suffix>.tmp``), synced to disk,
 renamed over its name, and the folder synced: a crash, a signal or a full disk leaves the
 previous version whole and at most a temporary file, which the next start removes. Files get
 the permissions the user's umask gives. A checkpoint that cannot be read, or holds something

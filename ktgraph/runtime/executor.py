@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,14 @@ from .statistics import Calibration, Norm, estimating
 V = TypeVar("V", Tensor, float)
 
 
+class _Held(NamedTuple):
+    """A module's scope, its BatchNorms, and its running statistics named as ``None`` (a ``keep`` call)."""
+
+    scope: Scope
+    norms: list[Norm]
+    kept: dict[str, None]
+
+
 class Executor:
     """Executes one compiled plan on a graph's modules."""
 
@@ -40,7 +48,7 @@ class Executor:
         self.calibration = calibration  # estimated statistics of the calibrated calls (None: their own)
         self.labels: Tensor | None = None
         self.ctx: GateContext | None = None
-        self._scopes: dict[ModuleId, tuple[Scope, list[tuple[str, Norm]]]] = {}
+        self._scopes: dict[ModuleId, _Held] = {}
         self._params: dict[frozenset[ModuleId], list[nn.Parameter]] = {}
         self._fused = {id(s): FusedRunner(s, modules) for s in plan.steps if isinstance(s, FusedCall)}
         for step in plan.steps:  # found now, so that nothing is looked up for the first time while compiling
@@ -59,20 +67,22 @@ class Executor:
         module = self.modules.module(owner)
         assert module is not None
         if stats == "calibrated" and self.calibration is not None and value in self.calibration.buffers:
-            scope, held = self._scope(owner, module)
-            with estimating([n for _, n in held]) if self.calibration.estimating else contextlib.nullcontext():
-                return functional_call(scope, self.calibration.buffers[value], (x,), tie_weights=False, strict=False)
+            held = self._scope(owner, module)
+            with estimating(held.norms) if self.calibration.estimating else contextlib.nullcontext():
+                return functional_call(held.scope, self.calibration.buffers[value], (x,), tie_weights=False,
+                                       strict=False)
         if stats != "keep" or not module.training:
             return module(x)
-        scope, held = self._scope(owner, module)
-        kept = {f"{prefix}.{b}": None for prefix, _ in held for b in RUNNING}
-        return functional_call(scope, kept, (x,), tie_weights=False, strict=False) if kept else module(x)
+        held = self._scope(owner, module)
+        return functional_call(held.scope, held.kept, (x,), tie_weights=False, strict=False) if held.kept else module(x)
 
-    def _scope(self, owner: ModuleId, module: Segment | nn.Module) -> tuple[Scope, list[tuple[str, Norm]]]:
-        """A scope for ``module`` and (buffer prefix, BatchNorm) of the statistics a policy stands in for."""
+    def _scope(self, owner: ModuleId, module: Segment | nn.Module) -> _Held:
+        """What a BatchNorm policy needs to run ``module``, found once per owner."""
         if owner not in self._scopes:
             scope, owned = scope_of(module)
-            self._scopes[owner] = (scope, norms(owned))
+            held = norms(owned)
+            self._scopes[owner] = _Held(scope, [n for _, n in held],
+                                        {f"{prefix}.{b}": None for prefix, _ in held for b in RUNNING})
         return self._scopes[owner]
 
     def fused(self, step: FusedCall, xs: list[Tensor]) -> list[Tensor]:
