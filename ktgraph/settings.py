@@ -107,14 +107,22 @@ class TrainSettings(Strict):
     keep_checkpoints: int = Field(1, ge=1, le=1000)  # epochs whose checkpoint is kept (1: checkpoints/last.pt only)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["off", "bf16", "fp16"] = "off"
+    dtype: Literal["float32", "float64"] = "float32"  # float64: for exactness checks, not for speed
     update: Literal["simultaneous", "alternating"] = "simultaneous"
     bn_stats: Literal["own", "all"] = "own"
     batching: Literal["auto", "off", "inputs", "peers", "all"] = "auto"
     compile: bool = False
+    sync_bn: bool = False  # under several processes: BatchNorm statistics over the global batch
     calibrate: CalibrateSettings = CalibrateSettings()
     tensorboard: bool = False
     optimizer: OptimizerSettings = OptimizerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+
+    @model_validator(mode="after")
+    def _amp_in_float32(self) -> TrainSettings:
+        if self.dtype == "float64" and self.amp != "off":
+            raise ValueError("`amp` mixes float16 into float32 training; with `dtype: float64` set amp: off")
+        return self
 
     @field_validator("amp", mode="before")
     @classmethod

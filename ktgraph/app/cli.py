@@ -25,6 +25,7 @@ from ..registry import Registry
 from ..runtime import Job, RunDir, prepare
 from ..runtime.checkpoint import write_error
 from ..runtime.measure import call_costs, node_costs, row_nodes
+from ..runtime.strategy import from_environment
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
 from .pick import parse_amount, pick
@@ -100,10 +101,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                              expected="ktgraph run FILE [key=value ...]")
         graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
         run_dir = Path(args.out) if args.out else default_run_dir(graph, files[0])
-    print(f"run directory: {run_dir}", file=sys.stderr)
+    try:
+        strategy = from_environment(graph.train.device)
+    except GraphError as err:
+        raise graph.locate(err) from None
+    if strategy.is_main:
+        print(f"run directory: {run_dir}" + (f" ({strategy.world} processes)" if strategy.world > 1 else ""),
+              file=sys.stderr)
     try:
         train(graph, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress_bar=not args.no_progress,
-              argv=sys.argv)
+              argv=sys.argv, strategy=strategy, echo=print if strategy.is_main else _quiet)
     except GraphError as err:
         raise graph.locate(err) from None
     except (KeyboardInterrupt, Terminated) as stop:
@@ -115,6 +122,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     return 0
+
+
+def _quiet(text: str) -> None:
+    """Ranks other than 0 print nothing but their errors."""
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from ..errors import GraphError
 from ..runtime import RunDir
 from ..runtime.calibrate import calibrate_job
 from ..runtime.export import export_module, path_module
+from ..runtime.job import dtype_of
 from ..runtime.measure import Row
 from ..runtime.rundir import XROSS_CSV, safe_name
 from .load import load_run
@@ -116,7 +117,7 @@ def pick(run_dir: str | Path, cost: str, budget: float, *, out: str | Path | Non
     # The statistics its row was evaluated with: recomputed, the same seeded batches give the same estimates.
     calibrated = (run.job.program.eval, calibrate_job(run.job)) if chosen.calibrated else None
     module = path_module(run.job.bound, chosen.node, calibrated)
-    example = torch.randn(2, *run.job.input_shape, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(2, *run.job.input_shape, generator=torch.Generator().manual_seed(0)).to(dtype_of(run.job.graph))
     out = Path(out) if out else run_dir / f"picked-{safe_name(chosen.node, fallback='path')}.pt2"
     saved, how = export_module(module, example, out)
     echo(f"picked `{chosen.node}` ({chosen.kind}: {chosen.route}) under {COSTS[cost]} <= {human(budget)}\n"

@@ -1,9 +1,10 @@
-"""``ktgraph run``: train a graph into a run directory, then its tables, pictures and report.
+"""``ktgraph run``: train a graph into a run directory (:func:`fit`), then its tables, pictures and
+report (:func:`finish`); :func:`train` is both.
 
 Around the training itself: the resolved config, the environment and the rendered graph
 first; the Xross table (every path with its cost, printed once) and ``report.md`` with its
 plots at the end. The job is prepared once, so the program the trainer runs is the one the
-tables and pictures read.
+tables and pictures read. Under torchrun every rank fits and rank 0 alone writes and finishes.
 
 The run directory is protected: a run never writes into a folder that holds anything but an
 unfinished run of the same graph, unless it is told to overwrite it, and it holds the folder's
@@ -12,22 +13,27 @@ lock from the first file it writes to the last.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import GraphError
+from ..errors import GraphError, TrainingError
 from ..graph import KTGraph
 from ..runtime import RunDir, Trainer, prepare
 from ..runtime.checkpoint import config_difference, trained_config
-from ..runtime.rundir import CONFIG, ENV, GRAPH_SVG, SUMMARY, safe_name
+from ..runtime.events import Callback
+from ..runtime.rundir import CONFIG, ENV, GRAPH_SVG, STATUS, SUMMARY, safe_name
+from ..runtime.strategy import Local, from_environment
+from ..runtime.trainer import Progress
 from .render import details_of, graph_dot, render
 from .report import TensorBoardLogger, write_report
 from .tables import accuracy_rows
@@ -75,52 +81,122 @@ def check_run_dir(graph: KTGraph, run: RunDir, *, overwrite: bool = False) -> No
                                 "--overwrite to replace the run files there")
 
 
-def environment(graph: KTGraph, argv: list[str], device: str) -> dict[str, Any]:
-    return {"seed": graph.train.seed, "device": device, "command": argv, "python": sys.version.split()[0],
+def environment(graph: KTGraph, argv: list[str], device: str, processes: int = 1) -> dict[str, Any]:
+    return {"seed": graph.train.seed, "device": device, "processes": processes, "command": argv,
+            "python": sys.version.split()[0],
             "platform": platform.platform(), "ktgraph": version("ktgraph"), "torch": torch.__version__,
             "torchvision": version("torchvision"), "timm": version("timm"),
             "cuda": torch.version.cuda, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def train(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          progress_bar: bool = True, argv: list[str] | None = None,
-          echo: Callable[[str], object] = print) -> dict[str, Any]:
-    """Train a graph into ``run_dir`` (or continue it) and return the summary.
+@dataclass
+class Fitted:
+    """A graph trained (or stopped) into its run directory: what :func:`finish` reads."""
+
+    graph: KTGraph
+    trainer: Trainer
+    run: RunDir
+    state: Progress
+    stopped: str | None  # why a callback stopped the run; None when it trained to the end
+
+
+def fit(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+        progress_bar: bool = True, argv: list[str] | None = None, callbacks: Iterable[Callback] = (),
+        strategy: Local | None = None) -> Fitted:
+    """Train a graph into ``run_dir`` (or continue it) and return the trained state.
 
     A new run refuses a folder that holds anything but this graph's unsaved run (:func:`check_run_dir`)
-    unless ``overwrite``; the folder is locked while the run writes in it.
+    unless ``overwrite``; the folder is locked while the run writes in it. ``callbacks`` listen to
+    the training events and may stop the run (:mod:`ktgraph.runtime.events`). Under a distributed
+    ``strategy`` (by default, the one torchrun's environment describes) every rank trains and rank 0
+    alone writes; a refusal on rank 0 stops every rank.
     """
+    strategy = strategy if strategy is not None else from_environment(graph.train.device)
     run = RunDir(run_dir)
-    if not resume:
-        check_run_dir(graph, run, overwrite=overwrite)
+    main = strategy.is_main
     with contextlib.ExitStack() as held:
-        payload = None
-        if resume:  # refused at once when another process uses the folder, or its checkpoint is unusable
-            held.enter_context(run.lock("run --resume"))
-            payload = run.load_checkpoint(map_location="cpu", resume=True)
-        trainer = Trainer(prepare(graph), run, progress_bar=progress_bar)  # fails on bad input before any file
         if not resume:
-            _make_folder(run.path)
-            held.enter_context(run.lock("run"))
-            check_run_dir(graph, run, overwrite=overwrite)  # again: another process may have written meanwhile
-            run.remove_run_files()
-        run.remove_temporary()
-        logger = TensorBoardLogger(run.path) if graph.train.tensorboard else None
+            _on_main(strategy, lambda: check_run_dir(graph, run, overwrite=overwrite))
+        else:  # refused at once when another process uses the folder, or its checkpoint is unusable
+            _on_main(strategy, lambda: held.enter_context(run.lock("run --resume")))
+        payload = run.load_checkpoint(map_location="cpu", resume=True) if resume else None
+        trainer = Trainer(prepare(graph, strategy=strategy), run, progress_bar=progress_bar, strategy=strategy,
+                          callbacks=callbacks)  # fails on bad input before any file
+
+        def open_folder() -> None:
+            if not resume:
+                _make_folder(run.path)
+                held.enter_context(run.lock("run"))
+                check_run_dir(graph, run, overwrite=overwrite)  # again: another process may have written meanwhile
+                run.remove_run_files()
+            run.remove_temporary()
+            if not resume:
+                run.write_config(graph.document)
+                run.write_json(ENV, environment(graph, argv or [], str(trainer.device), strategy.world))
+                _optional("render the graph", lambda: render(graph_dot(graph, details_of(trainer.job.bound)),
+                                                             run / GRAPH_SVG, "svg"))
+            if graph.train.tensorboard:
+                trainer.events.add([held.enter_context(TensorBoardLogger(run.path))])
+
+        _on_main(strategy, open_folder)
         if resume:
-            trainer.resume(payload)
-        else:
-            run.write_config(graph.document)
-            run.write_json(ENV, environment(graph, argv or [], str(trainer.device)))
-            _optional("render the graph", lambda: render(graph_dot(graph, details_of(trainer.job.bound)),
-                                                         run / GRAPH_SVG, "svg"))
-        if logger is not None:
-            trainer.on_epoch.append(logger.log)
-        try:
+            trainer.resume(payload)  # refuses a changed config before anything in the folder changes
+        _on_main(strategy, lambda: run.write_json(STATUS, {"state": "running", "pid": os.getpid(),
+                                                           "processes": strategy.world}))
+        with strategy.guard(resume=f"ktgraph run --resume {run.path}"):
             state = trainer.fit()
-        finally:
-            if logger is not None:
-                logger.close()
-        return _finish(graph, trainer, run, state, progress_bar, echo)
+        if main:
+            ended = {"state": "stopped", "reason": trainer.stopped} if trainer.stopped else {"state": "trained"}
+            run.write_json(STATUS, {**ended, "stage": state.stage, "epoch": state.epoch})
+        return Fitted(graph, trainer, run, state, trainer.stopped)
+
+
+def finish(fitted: Fitted, *, progress_bar: bool = True, echo: Callable[[str], object] = print) -> dict[str, Any]:
+    """The end of a run, on one process: ``summary.json``, the Xross table with every path's cost, and the
+    report. Returns the summary."""
+    graph, trainer, run, state = fitted.graph, fitted.trainer, fitted.run, fitted.state
+    with run.lock("run"):
+        calibration = trainer.eval_executor.calibration
+        calibrated = calibration.nodes(trainer.program.eval) if calibration is not None else set()
+        summary = {"graph": graph.name, "run_dir": str(run),
+                   "rows": accuracy_rows(graph, state.last, state.best, calibrated)}
+        run.write_json(SUMMARY, summary)
+        tables_after_training(trainer, progress=progress_bar, echo=echo, repeats=3)
+        _optional("write the report", lambda: echo(f"report: {write_report(run.path)}"))
+    return summary
+
+
+def train(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress_bar: bool = True, argv: list[str] | None = None, echo: Callable[[str], object] = print,
+          callbacks: Iterable[Callback] = (), strategy: Local | None = None) -> dict[str, Any] | None:
+    """``ktgraph run``: :func:`fit`, then (on rank 0, unless a callback stopped the run) :func:`finish`.
+
+    Returns the summary; None on other ranks and for a stopped run (its ``status.json`` says why).
+    """
+    strategy = strategy if strategy is not None else from_environment(graph.train.device)
+    try:
+        fitted = fit(graph, run_dir, resume=resume, overwrite=overwrite, progress_bar=progress_bar, argv=argv,
+                     callbacks=callbacks, strategy=strategy)
+    finally:
+        strategy.close()  # the tables are one process's work: synchronised BatchNorm then computes locally
+    if fitted.stopped:
+        echo(f"stopped: {fitted.stopped}; continue with: ktgraph run --resume {run_dir}")
+        return None
+    return finish(fitted, progress_bar=progress_bar, echo=echo) if strategy.is_main else None
+
+
+def _on_main(strategy: Local, action: Callable[[], object]) -> None:
+    """Run ``action`` on rank 0; when it fails there, every rank stops (rank 0 with its error)."""
+    error: BaseException | None = None
+    if strategy.is_main:
+        try:
+            action()
+        except Exception as err:  # noqa: BLE001 -- re-raised below, after every rank knows
+            error = err
+    if strategy.any(error is not None):
+        if error is not None:
+            raise error
+        raise TrainingError(f"rank {strategy.rank}: rank 0 refused the run (its message says why)")
 
 
 def _make_folder(path: Path) -> None:
@@ -130,18 +206,6 @@ def _make_folder(path: Path) -> None:
         raise GraphError(f"cannot create the run directory: {err.strerror or err}", file=str(path),
                          suggestion="give --out a folder you can write in, on a file system that is not "
                                     "read-only") from None
-
-
-def _finish(graph: KTGraph, trainer: Trainer, run: RunDir, state: Any, progress_bar: bool,
-            echo: Callable[[str], object]) -> dict[str, Any]:
-    calibration = trainer.eval_executor.calibration
-    calibrated = calibration.nodes(trainer.program.eval) if calibration is not None else set()
-    summary = {"graph": graph.name, "run_dir": str(run),
-               "rows": accuracy_rows(graph, state.last, state.best, calibrated)}
-    run.write_json(SUMMARY, summary)
-    tables_after_training(trainer, progress=progress_bar, echo=echo, repeats=3)
-    _optional("write the report", lambda: echo(f"report: {write_report(run.path)}"))
-    return summary
 
 
 def _optional(what: str, action: Callable[[], object]) -> None:

@@ -18,6 +18,7 @@ from ..errors import GraphError
 from ..graph import AdapterId, KTGraph, Network, Ref, RegressorId, SegmentId
 from ..kinds import AUTO, NONE, AggregatorInput, GateContext, make_adapter
 from ..zoo import Segment, create_model, split
+from ..zoo.sync_batchnorm import convert_sync_batchnorm
 from .modules import GraphModules
 
 Shape = tuple[int, ...]
@@ -57,14 +58,17 @@ class BoundGraph:
                 for link, rid in self.regressors.items()}
 
 
-def bind(graph: KTGraph, num_classes: int, input_shape: Shape, *, device: str = "cpu") -> BoundGraph:
+def bind(graph: KTGraph, num_classes: int, input_shape: Shape, *, device: str = "cpu",
+         sync_bn: bool = False) -> BoundGraph:
     """Build and check every module of ``graph`` for ``num_classes`` classes and inputs of ``input_shape``.
 
     ``device`` is the type of device the modules will run on; it decides nothing here but is
-    what the compiler's batching pass reads.
+    what the compiler's batching pass reads. ``sync_bn`` converts every network's BatchNorm to
+    a synchronised one as soon as the network is built, before it is cut, so every segment runs
+    the converted modules.
     """
     try:
-        return _Binder(graph, num_classes, tuple(input_shape), device).bind()
+        return _Binder(graph, num_classes, tuple(input_shape), device, sync_bn).bind()
     except GraphError as err:
         raise graph.locate(err) from None
 
@@ -86,9 +90,10 @@ def architecture(segment: Segment) -> str | None:
 
 
 class _Binder:
-    def __init__(self, graph: KTGraph, num_classes: int, input_shape: Shape, device: str) -> None:
+    def __init__(self, graph: KTGraph, num_classes: int, input_shape: Shape, device: str, sync_bn: bool) -> None:
         self.graph = graph
         self.device = device
+        self.sync_bn = sync_bn
         self.num_classes = num_classes
         self.input_shape = input_shape
         self.modules = GraphModules()
@@ -127,6 +132,8 @@ class _Binder:
             raise
         except TypeError as err:
             raise GraphError(f"model `{net.model}` rejected its arguments: {err}", where=where + ("kwargs",)) from None
+        if self.sync_bn:
+            model = convert_sync_batchnorm(model)
         try:
             segments = split(model, net.cuts)
         except GraphError as err:

@@ -94,8 +94,8 @@ def data_info(spec: Any) -> DataInfo:
     return DataInfo(num_classes=value("num_classes"), in_channels=3, image_size=value("image_size"))
 
 
-def build_data(spec: Any, seed: int) -> DataBundle:
-    """Load the dataset ``spec`` names; ``seed`` only decides the validation hold-out."""
+def build_data(spec: Any, seed: int, dtype: torch.dtype = torch.float32) -> DataBundle:
+    """Load the dataset ``spec`` names, its images as ``dtype``; ``seed`` only decides the validation hold-out."""
     _check(spec)
     raw = DATASETS[spec.name](spec)
     if spec.num_classes is not None and spec.num_classes != len(raw.class_names):
@@ -108,8 +108,8 @@ def build_data(spec: Any, seed: int) -> DataBundle:
     flip = raw.default_flip if spec.flip is None else spec.flip
     # Unset, the pad-and-crop shift is 1/8 of the image side: CIFAR's 4 pixels at 32.
     padding = size // 8 if spec.crop_padding is None else spec.crop_padding
-    augmented = image_pipeline(size, resize=resize, crop_padding=padding, flip=flip, mean=mean, std=std)
-    plain = image_pipeline(size, resize=resize, mean=mean, std=std)
+    augmented = image_pipeline(size, resize=resize, crop_padding=padding, flip=flip, mean=mean, std=std, dtype=dtype)
+    plain = image_pipeline(size, resize=resize, mean=mean, std=std, dtype=dtype)
 
     pool = _limited(raw.train_labels, spec.limit_train)
     kept, held = stratified_split(raw.train_labels[pool], spec.val_split, seed)

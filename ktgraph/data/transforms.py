@@ -1,7 +1,7 @@
 """The one image pipeline every dataset uses, built from torchvision.transforms.v2.
 
-The random steps draw from torch's global RNG, so a trainer that seeds torch
-per epoch gets the same augmentation again (with ``num_workers=0``).
+The random steps draw from torch's RNG, which the trainer seeds per example
+(``data/views.py``), so an epoch's augmentation is the same again on resume.
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def image_pipeline(
     flip: bool = False,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> v2.Compose:
-    """PIL image or ``C x H x W`` tensor -> float32 ``C x size x size`` tensor.
+    """PIL image or ``C x H x W`` tensor -> ``C x size x size`` tensor of ``dtype`` (float32 by default).
 
     ``resize`` scales the short side to ``size`` and centre-crops to a square;
     ``crop_padding`` > 0 adds a zero-padded random crop, ``flip`` a random
@@ -33,7 +34,7 @@ def image_pipeline(
         steps.append(v2.RandomCrop(size, padding=crop_padding))
     if flip:
         steps.append(v2.RandomHorizontalFlip())
-    steps.append(v2.ToDtype(torch.float32, scale=True))
+    steps.append(v2.ToDtype(dtype, scale=True))
     if mean is not None and std is not None:
         steps.append(v2.Normalize(list(mean), list(std)))
     steps.append(v2.ToPureTensor())

@@ -144,15 +144,20 @@ class Mimic(LinkKind):
 
 
 # --- the functional forms ------------------------------------------------------------------------
+def wide(x: Tensor) -> Tensor:
+    """``x`` in at least float32: autocast's half-precision values are widened, float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """CE(z, y) per sample."""
-    return F.cross_entropy(logits.float(), labels, reduction="none")
+    return F.cross_entropy(wide(logits), labels, reduction="none")
 
 
 def kl_divergence(source: Tensor, target: Tensor, T: float = 1.0) -> Tensor:
     """T^2 * KL(softmax(source/T) || softmax(target/T)) per sample (the source is the teacher)."""
-    log_p_source = F.log_softmax(source.float() / T, dim=1)
-    log_p_target = F.log_softmax(target.float() / T, dim=1)
+    log_p_source = F.log_softmax(wide(source) / T, dim=1)
+    log_p_target = F.log_softmax(wide(target) / T, dim=1)
     return (T * T) * (log_p_source.exp() * (log_p_source - log_p_target)).sum(dim=1)
 
 
@@ -163,7 +168,7 @@ def feature_mimic(source: Tensor, target: Tensor, kind: str = "mse") -> Tensor:
     elementwise mean over the whole tensor (FitNet's common convention); ``cosine`` is 1 - cos
     between the flattened features.
     """
-    s, t = source.float().flatten(1), target.float().flatten(1)
+    s, t = wide(source).flatten(1), wide(target).flatten(1)
     if kind == "mse":
         return (t - s).pow(2).mean(dim=1)
     if kind == "l1":

@@ -23,10 +23,10 @@ from ..compile import Call, Plan
 from ..data import DataBundle
 from ..errors import GraphError
 from ..settings import CalibrateSettings
-from .evaluate import make_loader
 from .executor import Executor
 from .job import Job
 from .statistics import Calibration, fresh_buffers
+from .strategy import Local
 
 
 @torch.no_grad()
@@ -61,22 +61,33 @@ def calibrate(plan: Plan, modules: nn.Module, batches: Iterable, device: torch.d
 
 
 def calibration_batches(data: DataBundle, settings: CalibrateSettings, *, batch_size: int, seed: int,
-                        num_workers: int = 0) -> Iterator:
-    """The first ``settings.batches`` batches of a seeded shuffle of the calibration split, unaugmented."""
+                        num_workers: int = 0, strategy: Local | None = None) -> Iterator:
+    """The first ``settings.batches`` batches of a seeded shuffle of the calibration split, unaugmented
+    (this process's shard of each, under a distributed ``strategy``)."""
     dataset = data.val if settings.split == "val" else data.train_plain
     if dataset is None:
         raise GraphError(f"train.calibrate.split is `{settings.split}` but the run has no such split",
                          where=("train", "calibrate", "split"),
                          suggestion="calibrate on split: train, or set data.val_split above 0")
     size = min(batch_size, len(dataset))
-    loader = make_loader(dataset, size, shuffle=True, seed=seed, num_workers=num_workers, drop_last=True)
+    loader = (strategy or Local()).loader(dataset, size, shuffle=True, seed=seed, num_workers=num_workers,
+                                          drop_last=True)
     return itertools.islice(loader, settings.batches)
 
 
-def calibrate_job(job: Job) -> Calibration:
-    """The job's eval plan calibrated as its ``train.calibrate`` says, on the job's device."""
+def calibrate_job(job: Job, strategy: Local | None = None) -> Calibration:
+    """The job's eval plan calibrated as its ``train.calibrate`` says, on the job's device.
+
+    Under a distributed ``strategy`` each process estimates on its shard of every batch and the
+    estimates are averaged over processes: with ``train.sync_bn`` every batch's statistics are
+    already global and the result is the single-process estimate; without it, the mean of the
+    shards' estimates. Every process then evaluates with the same statistics.
+    """
     assert job.data is not None, "calibration needs the job's data"
     train = job.graph.train
     batches = calibration_batches(job.data, train.calibrate, batch_size=train.batch_size, seed=train.seed,
-                                  num_workers=job.graph.data.num_workers)
-    return calibrate(job.program.eval, job.modules, batches, job.device)
+                                  num_workers=job.graph.data.num_workers, strategy=strategy)
+    calibration = calibrate(job.program.eval, job.modules, batches, job.device)
+    if strategy is not None:
+        strategy.average_buffers([b for buffers in calibration.buffers.values() for b in buffers.values()])
+    return calibration

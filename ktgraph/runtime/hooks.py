@@ -1,8 +1,9 @@
-"""Lifecycle hooks: the trainer calls each unit's ``on_epoch_start`` and ``on_epoch_end``.
+"""Units as subscribers: each unit's ``on_epoch_start`` and ``on_epoch_end`` run on the training events.
 
 An aggregator's ``on_epoch_end`` gets the held-out split as its own input records (the logits
 and features it reads, and the labels), computed with the eval plan, so a unit can re-estimate
 its state between epochs (KDCL-General's weights from a validation covariance, for instance).
+Every process computes it from the whole split, so every rank holds the same state.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from torch.utils.data import DataLoader
 from ..bind import GraphModules
 from ..compile import Plan
 from ..graph import Aggregator, KTGraph
-from ..kinds import AggregatorInput, EpochInfo, Unit
+from ..kinds import AggregatorInput, Unit
+from .events import Callback, EpochEnd, EpochStart
 from .executor import Executor
 
 
@@ -48,8 +50,8 @@ class HeldOutInputs:
             self.modules.train(was_training)
 
 
-class Hooks:
-    """The units of a graph that have hooks, and how to call them."""
+class UnitHooks(Callback):
+    """The units of a graph that have hooks, subscribed to the epoch events."""
 
     def __init__(self, graph: KTGraph, modules: GraphModules, eval_plan: Plan, heldout: DataLoader | None,
                  device: torch.device) -> None:
@@ -62,19 +64,17 @@ class Hooks:
                                                           *(l.gate for l in graph.links))
                                        if u.has_hooks()}.values())
 
-    def __bool__(self) -> bool:
-        return bool(self.aggregators or self.units)
-
     def _module(self, agg: Aggregator) -> Any:
         return self.modules.module(agg.id)
 
-    def epoch_start(self, epoch: EpochInfo) -> None:
+    def on_epoch_start(self, event: EpochStart) -> None:
         for agg in self.aggregators:
-            agg.unit.on_epoch_start(self._module(agg), epoch)
+            agg.unit.on_epoch_start(self._module(agg), event.epoch)
         for unit in self.units:
-            unit.on_epoch_start(None, epoch)
+            unit.on_epoch_start(None, event.epoch)
 
-    def epoch_end(self, epoch: EpochInfo) -> None:
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        epoch = event.epoch
         for agg in self.aggregators:
             heldout = None if self.heldout is None else HeldOutInputs(self.eval_plan, agg, self.modules,
                                                                       self.heldout, self.device)

@@ -20,6 +20,7 @@ from ..errors import GraphError, UntrainedModuleWarning
 from ..graph import AdapterId, AggregatorId, KTGraph, RegressorId
 from ..kinds import GateContext
 from .executor import Executor
+from .strategy import Local, local_device as resolve_device
 
 
 @dataclass
@@ -39,38 +40,42 @@ class Job:
         return self.bound.input_shape
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GraphError("train.device is `cuda` but no CUDA device is available", where=("train", "device"),
-                         suggestion="use device=auto or device=cpu")
-    return torch.device(name)
-
-
 def prepare(graph: KTGraph, *, with_data: bool = True, device: str | torch.device | None = None,
-            trace: Trace | None = None) -> Job:
+            trace: Trace | None = None, strategy: Local | None = None) -> Job:
     """Load the data (unless ``with_data`` is false), bind the graph and compile its program, once.
 
     ``trace`` sees every plan after lowering and after each pass (``ktgraph plan --passes``).
+    Under a distributed ``strategy`` the modules go to its device, ``train.sync_bn`` converts
+    their BatchNorms before anything binds to them, and rank 0's initial weights reach every rank.
     """
+    world = strategy.world if strategy is not None else 1
     try:
+        if device is None and strategy is not None:
+            device = strategy.device
         target = torch.device(device) if device is not None else resolve_device(graph.train.device)
         if target.type == "cpu":
             # Subnormal floats (common once images have flat backgrounds) make CPU convolutions
             # tens of times slower; flushing them changes nothing measurable.
             torch.set_flush_denormal(True)
         torch.manual_seed(graph.train.seed)
-        data = build_data(graph.data, graph.train.seed) if with_data else None
+        data = build_data(graph.data, graph.train.seed, dtype_of(graph)) if with_data else None
         info = data.info if data is not None else data_info(graph.data)
     except GraphError as err:
         raise graph.locate(err) from None
-    bound = bind(graph, info.num_classes, (info.in_channels, info.image_size, info.image_size), device=target.type)
+    bound = bind(graph, info.num_classes, (info.in_channels, info.image_size, info.image_size), device=target.type,
+                 sync_bn=graph.train.sync_bn and world > 1)
     program = compile_program(bound, trace=trace)
     dry_run(program, bound)
     warn_untrained(program, bound)
-    bound.modules.to(target)
+    bound.modules.to(target, dtype_of(graph))
+    if strategy is not None:
+        strategy.broadcast_module(bound.modules)
     return Job(graph, bound, program, data, target)
+
+
+def dtype_of(graph: KTGraph) -> torch.dtype:
+    """The floating-point type of the modules and the images (``train.dtype``)."""
+    return getattr(torch, graph.train.dtype)
 
 
 def warn_untrained(program: Program, bound: BoundGraph) -> None:

@@ -97,10 +97,14 @@ def _device(modules: GraphModules) -> torch.device:
     return next(modules.parameters()).device
 
 
+def _dtype(modules: GraphModules) -> torch.dtype:
+    return next(modules.parameters()).dtype
+
+
 @torch.no_grad()
 def node_macs(modules: GraphModules, plan: Plan, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates per image (FLOPs / 2 from ``FlopCounterMode``), each distinct call once."""
-    x = torch.zeros(1, *input_shape, device=_device(modules))
+    x = torch.zeros(1, *input_shape, device=_device(modules), dtype=_dtype(modules))
     was_training = modules.training
     modules.eval()
     try:
@@ -121,7 +125,7 @@ def node_latency(modules: GraphModules, plan: Plan, input_shape: tuple[int, ...]
     """
     executor = Executor(plan, modules)
     device = _device(modules)
-    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0)).to(device, _dtype(modules))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     was_training = modules.training
     modules.eval()

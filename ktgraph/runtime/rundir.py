@@ -36,6 +36,7 @@ CONFIG = "config.yaml"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+STATUS = "status.json"  # how training ended: running (or killed), stopped (by a callback, and why) or trained
 CHECKPOINTS = "checkpoints"
 CHECKPOINT = f"{CHECKPOINTS}/last.pt"
 KEPT = re.compile(r"stage(\d+)-epoch(\d+)\.pt")  # checkpoints/stageS-epochEEEE.pt, with train.keep_checkpoints > 1
@@ -52,7 +53,7 @@ TENSORBOARD = "tensorboard"
 XROSS_COLUMNS = ("node", "kind", "parts", "segments", "params", "macs", "latency_ms", "batch_size", "top1_last",
                  "top5_last", "top1_best", "best_epoch", "calibrated")
 Position = tuple[int, int]  # (stage index, epochs done in it)
-RUN_FILES = (CONFIG, ENV, METRICS, SUMMARY, CHECKPOINTS, XROSS_CSV, XROSS_MD, REPORT, *GRAPH_IMAGES, CURVES, HEATMAP,
+RUN_FILES = (CONFIG, ENV, METRICS, SUMMARY, STATUS, CHECKPOINTS, XROSS_CSV, XROSS_MD, REPORT, *GRAPH_IMAGES, CURVES, HEATMAP,
              PARETO, TENSORBOARD, "picked-*")  # what `ktgraph run --overwrite` removes first
 
 

@@ -1,10 +1,15 @@
 """The training loop: stages, epochs, evaluation, metrics, checkpoints and resume.
 
 The trainer executes a job's program: one train plan per stage, the eval plan after every
-epoch. Reproducibility: every epoch reseeds torch from (seed, stage, epoch) and builds its data
-order from the same number, so a run resumed from the checkpoint of epoch e replays epochs
-e+1... exactly as the uninterrupted run would (on CPU). A checkpoint records the config it was
-trained with, and is written only when every loss, gradient, parameter and buffer is finite.
+epoch, and announces each moment as a training event (``runtime/events.py``). Reproducibility:
+every epoch reseeds torch from (seed, stage, epoch) and builds its data order from the same
+number, and each training example draws its augmentation from a seed of its own, so a run
+resumed from the checkpoint of epoch e replays epochs e+1... exactly as the uninterrupted run
+would (on CPU). A checkpoint records the config it was trained with, and is written only when
+every loss, gradient, parameter and buffer is finite.
+
+What depends on the number of processes (shards, reductions, who writes) is the
+:class:`~ktgraph.runtime.strategy.Local` or ``Distributed`` strategy's.
 """
 from __future__ import annotations
 
@@ -13,8 +18,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +28,19 @@ from tqdm.auto import tqdm
 from ..compile import Plan
 from ..errors import TrainingError
 from ..graph import KTGraph, ModuleId, Stage
+from ..data import LabelledView
 from ..kinds import EpochInfo, GateContext
 from .calibrate import calibrate_job
 from .evaluate import evaluate, make_loader
+from .events import (AfterBackward, AfterEvaluation, BeforeCheckpoint, Callback, EpochEnd, EpochStart, Events,
+                     Progress, RunEnd, RunStart, StageStart)
 from .executor import Executor
 from .checkpoint import config_difference, trained_config, upgrade_state
-from .hooks import Hooks
+from .hooks import UnitHooks
 from .job import Job
 from .rundir import RunDir
 from .schedule import make_optimizer, make_scheduler
+from .strategy import Local
 
 
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:
@@ -53,20 +61,11 @@ def update_passes(graph: KTGraph, plan: Plan) -> list[frozenset[ModuleId]]:
     return passes + ([rest] if rest else [])
 
 
-@dataclass
-class Progress:
-    """Where a run is; saved in every checkpoint."""
-
-    stage: int = 0
-    epoch: int = 0  # next epoch to run within the stage
-    best: dict[str, dict[str, Any]] = field(default_factory=dict)
-    last: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
 class Trainer:
     """Trains a job's graph and records everything a run directory should hold."""
 
-    def __init__(self, job: Job, run_dir: str | Path | RunDir, *, progress_bar: bool = True) -> None:
+    def __init__(self, job: Job, run_dir: str | Path | RunDir, *, progress_bar: bool = True,
+                 callbacks: Iterable[Callback] = (), strategy: Local | None = None) -> None:
         self.job = job
         self.graph = job.graph
         self.settings = job.graph.train
@@ -77,7 +76,8 @@ class Trainer:
             raise TrainingError("a trainer needs the job's data: prepare(graph) with with_data=True")
         self.data = job.data
         self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-        self.progress_bar = progress_bar
+        self.strategy = strategy if strategy is not None else Local(job.device)
+        self.progress_bar = progress_bar and self.strategy.is_main
         self.eval_executor = Executor(self.program.eval, self.modules)
         if self.settings.amp != "off" and self.device.type != "cuda":
             warnings.warn(f"train.amp={self.settings.amp} applies on CUDA only; training in float32 on "
@@ -87,9 +87,10 @@ class Trainer:
         self._config = trained_config(self.graph.document)
         self._params: list[torch.nn.Parameter] = []
         self._pending: tuple[torch.Tensor, int] | None = None  # the last backward's "all gradients finite", its batch
-        self.on_epoch: list[Callable[[dict[str, Any]], None]] = []  # called with each metrics line
         heldout = make_loader(self.data.val, self.settings.eval_batch_size) if self.data.val is not None else None
-        self.hooks = Hooks(self.graph, self.modules, self.program.eval, heldout, self.device)
+        self.events = Events([UnitHooks(self.graph, self.modules, self.program.eval, heldout, self.device),
+                              *callbacks])
+        self.stopped: str | None = None  # why a callback stopped the run, once it has
 
     # --- resume ----------------------------------------------------------------------
     def resume(self, payload: dict[str, Any] | None = None) -> None:
@@ -110,17 +111,30 @@ class Trainer:
                                 f"{str(err).splitlines()[0]}") from None
         self.state = Progress(payload["stage"], payload["epoch"], payload["best"], payload["last"])
         self._resume_payload = payload
-        self.run_dir.keep_metrics_upto((self.state.stage, self.state.epoch))
-        self.run_dir.drop_checkpoints_after((self.state.stage, self.state.epoch))
+        if self.strategy.is_main:
+            self.run_dir.keep_metrics_upto((self.state.stage, self.state.epoch))
+            self.run_dir.drop_checkpoints_after((self.state.stage, self.state.epoch))
 
     # --- training --------------------------------------------------------------------
     def fit(self) -> Progress:
-        while self.state.stage < len(self.graph.stages):
+        """Train to the end, or until a callback stops the run (``self.stopped`` then says why)."""
+        self.events.emit("on_run_start", RunStart(self.job, self._resume_payload is not None, self.state.stage,
+                                                  self.state.epoch))
+        while self.state.stage < len(self.graph.stages) and not self._stopping():
             self._fit_stage(self.graph.stages[self.state.stage], self.program.stages[self.state.stage])
+            if self.state.epoch < self.graph.stages[self.state.stage].epochs:
+                break  # stopped within the stage
             self.state.stage += 1
             self.state.epoch = 0
             self._resume_payload = None
+        if self._stopping() and self.state.stage < len(self.graph.stages):
+            self.stopped = self.events.stop or "stopped on another process"
+        self.events.emit("on_run_end", RunEnd(self.state, self.stopped))
         return self.state
+
+    def _stopping(self) -> bool:
+        """Whether a callback on any process asked to stop (every process then stops at the same epoch)."""
+        return self.strategy.any(self.events.stop is not None)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         amp = self.settings.amp
@@ -147,13 +161,19 @@ class Trainer:
                                     f"stage `{stage.name}` trains: {str(err).splitlines()[0]}") from None
         self._params = [p for p in self.modules.parameters() if p.requires_grad]
         self._pending = None
+        self.events.emit("on_stage_start", StageStart(stage, self.state.stage, plan, self.job, self.data, self.modules,
+                                                      optimizer))
         for epoch in range(self.state.epoch, stage.epochs):
+            if self._stopping():
+                return
             started = time.perf_counter()
             info = EpochInfo(stage.name, self.state.stage, epoch, stage.epochs)
-            self.hooks.epoch_start(info)
+            self.events.emit("on_epoch_start", EpochStart(info))
             train_stats = self._train_epoch(executor, optimizer, scheduler, scaler, stage, epoch, steps)
             self._check_state(stage, epoch)
-            self.hooks.epoch_end(info)
+            if not self.settings.sync_bn:  # each process updated its statistics on its own shard
+                self.strategy.average_buffers(list(self.modules.buffers()))
+            self.events.emit("on_epoch_end", EpochEnd(info))
             results, calibration = self._evaluate()
             self._record(stage, epoch, results)
             self.state.epoch = epoch + 1
@@ -163,21 +183,26 @@ class Trainer:
             if executor.compile_seconds is not None:
                 line["compile_seconds"] = round(executor.compile_seconds, 3)
             # Metrics first: a crash before the checkpoint replays this epoch, and resume drops its line.
-            self.run_dir.append_metrics(line)
-            for callback in self.on_epoch:
-                callback(line)
-            self.run_dir.save_checkpoint({
-                "model": self.modules.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "stage": self.state.stage,
-                "epoch": self.state.epoch, "best": self.state.best, "last": self.state.last,
-                "config": self._config}, keep=self.settings.keep_checkpoints)
+            if self.strategy.is_main:
+                self.run_dir.append_metrics(line)
+            self.events.emit("after_evaluation", AfterEvaluation(info, line))
+            payload = {"model": self.modules.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "stage": self.state.stage,
+                       "epoch": self.state.epoch, "best": self.state.best, "last": self.state.last,
+                       "config": self._config}
+            self.events.emit("before_checkpoint", BeforeCheckpoint(info, payload))
+            if self.strategy.is_main:
+                self.run_dir.save_checkpoint(payload, keep=self.settings.keep_checkpoints)
 
     def _train_epoch(self, executor: Executor, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                      stage: Stage, epoch: int, steps: int) -> dict[str, Any]:
+        info = EpochInfo(stage.name, self.state.stage, epoch, stage.epochs)
         seed = epoch_seed(self.settings.seed, self.state.stage, epoch)
-        torch.manual_seed(seed)
-        loader = make_loader(self.data.train, self.settings.batch_size, shuffle=True, seed=seed,
-                             num_workers=self.graph.data.num_workers)
+        torch.manual_seed(seed + 7919 * self.strategy.rank)  # dropout: its own masks on each process's shard
+        augment = seed if isinstance(self.data.train, LabelledView) else None
+        loader = self.strategy.loader(self.data.train, self.settings.batch_size, shuffle=True, seed=seed,
+                                      num_workers=self.graph.data.num_workers, augment_seed=augment)
+        shares = loader.batch_sampler.global_batches()  # type: ignore[union-attr]
         self.modules.train()
         sums: dict[str, float] = defaultdict(float)
         node_sums: dict[str, float] = defaultdict(float)
@@ -187,28 +212,39 @@ class Trainer:
         values: dict[str, float] = {}
         for batch_index, (images, labels) in enumerate(bar):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            ctx = GateContext(iteration=epoch * steps + batch_index + 1, total_iterations=stage.epochs * steps,
-                              epoch=epoch)
+            share = labels.shape[0] / shares[batch_index]  # this process's part of the global batch
+            iteration = epoch * steps + batch_index + 1
+            ctx = GateContext(iteration=iteration, total_iterations=stage.epochs * steps, epoch=epoch)
             for only in passes:
                 with self._autocast():
                     losses = executor.losses(executor.forward(images, labels, ctx), labels, ctx)
                 values = self._read_losses(losses, stage, epoch, batch_index)
                 optimizer.zero_grad(set_to_none=True)
-                executor.backward(losses, scaler.scale, only)
+                # Each process's loss weighted by its share of the global batch, then the gradients summed:
+                # the global batch's gradient, through synchronised BatchNorm too, however uneven the shards.
+                executor.backward(losses, scaler.scale if share == 1 else (lambda t: scaler.scale(t * share)), only)
+                self.strategy.reduce_gradients(self._params)
                 if not scaler.is_enabled():  # with fp16 the scaler skips steps whose gradients overflow
                     self._pending = self._gradients_finite(batch_index)
+                self.events.emit("after_backward", AfterBackward(info, batch_index, iteration, values, self.modules))
                 scaler.step(optimizer)
                 scaler.update()
             scheduler.step()
             for name, value in values.items():
-                sums[name] += value
+                sums[name] += value * share
             for node, value in executor.node_losses(values).items():
-                node_sums[node] += value
+                node_sums[node] += value * share
             if self.progress_bar:
                 bar.set_postfix(loss=f"{sum(values.values()):.3f}")
         batches = max(len(loader), 1)
-        return {"links": {k: v / batches for k, v in sums.items()},
-                "node_loss": {k: v / batches for k, v in node_sums.items()}}
+        return {"links": self._mean_over_batches(sums, batches), "node_loss": self._mean_over_batches(node_sums, batches)}
+
+    def _mean_over_batches(self, sums: dict[str, float], batches: int) -> dict[str, float]:
+        """Per-batch means of values summed as shares of each global batch, added over processes."""
+        if not sums:
+            return {}
+        totals = self.strategy.sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=self.device))
+        return {name: value / batches for name, value in zip(sums, totals.tolist())}
 
     # --- the non-finite guard ----------------------------------------------------------
     def _read_losses(self, losses: dict[str, torch.Tensor], stage: Stage, epoch: int, batch: int) -> dict[str, float]:
@@ -266,7 +302,7 @@ class Trainer:
         about: dict[str, Any] = {}
         if self.settings.calibrate.every_epoch:
             started = time.perf_counter()
-            self.eval_executor.calibration = calibrate_job(self.job)
+            self.eval_executor.calibration = calibrate_job(self.job, self.strategy)
             nodes = self.eval_executor.calibration.nodes(self.program.eval)
             if nodes:
                 about = {"calibrated": sorted(nodes), "calibration_seconds": round(time.perf_counter() - started, 3)}
@@ -274,8 +310,10 @@ class Trainer:
         results = {}
         for name, dataset in splits.items():
             if dataset is not None:
-                loader = make_loader(dataset, self.settings.eval_batch_size, num_workers=self.graph.data.num_workers)
-                results[name] = evaluate(self.eval_executor, loader, self.device, self.data.num_classes)
+                loader = self.strategy.loader(dataset, self.settings.eval_batch_size,
+                                              num_workers=self.graph.data.num_workers)
+                results[name] = evaluate(self.eval_executor, loader, self.device, self.data.num_classes,
+                                         self.strategy)
         return results, about
 
     def _record(self, stage: Stage, epoch: int, results: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import GraphError
+from ...runtime.events import AfterEvaluation, Callback
 from ...runtime.rundir import TENSORBOARD, RunDir
 INSTALL_HINT = "pip install 'ktgraph[tensorboard]'"
 
@@ -34,7 +35,7 @@ def tag(*parts: str) -> str:
     return "/".join(_BAD.sub("_", str(p)) for p in parts)
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(Callback):
     """Writes each epoch's scalars to ``run_dir/tensorboard/``.
 
     Scalars: ``lr``, ``seconds``, ``link/<link>``, ``node_loss/<node>``,
@@ -84,6 +85,9 @@ class TensorBoardLogger:
         self._writer.flush()
         self._logged = max(self._logged, step)
         return step
+
+    def after_evaluation(self, event: AfterEvaluation) -> None:
+        self.log(event.metrics)
 
     def close(self) -> None:
         self._writer.close()
