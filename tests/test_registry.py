@@ -142,12 +142,20 @@ def _attention_by_hand(logits, features, wq, wk):
 def test_every_registered_aggregator_against_a_hand_computed_value(name):
     torch.manual_seed(0)
     logits = [torch.randn(1, 3) for _ in range(3)]
+    if name == "kdcl_linear":  # student 0 alone is right, confidently: any weight on the others raises the CE
+        logits = [torch.tensor([[0.0, 5.0, 0.0]]), torch.tensor([[5.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 5.0]])]
+    label = torch.tensor([1])
     features = [torch.randn(1, 4, 2, 2) for _ in range(3)]
     unit = AGGREGATORS[name](**({"reduction": 2} if name == "attention" else {}))
     module = unit.build([(3,)] * 3, [(4, 2, 2)] * 3)
-    got = unit.aggregate(module, AggregatorInput(logits, features if name == "attention" else []))
-    if name == "mean":
+    got = unit.aggregate(module, AggregatorInput(logits, features if name == "attention" else [], label))
+    ce = [-math.log(math.exp(z[0, 1].item()) / sum(math.exp(v) for v in z[0].tolist())) for z in logits]
+    if name == "mean" or name == "kdcl_general":  # General: uniform weights until its first epoch ends
         expected = [sum(z[0] for z in logits) / 3]
+    elif name in ("kdcl_naive", "kdcl_linear"):
+        expected = [logits[ce.index(min(ce))][0]]
+    elif name == "kdcl_minlogit":
+        expected = [torch.tensor([min(z[0, c].item() - z[0, 1].item() for z in logits) for c in range(3)])]
     elif name == "attention":
         expected = _attention_by_hand([z[0] for z in logits], [f[0] for f in features],
                                       module.query.weight, module.key.weight)

@@ -90,6 +90,10 @@ class _Builder(Structure):
             entry = pending[name]
             where: Where = ("aggregators", name)
             unit: AggregatorKind = _unit(AGGREGATORS.get(entry.kind), entry, where)
+            if unit.needs_heldout and self.spec.data.val_split == 0:
+                raise GraphError(f"the {unit.kind} aggregator estimates its state on the validation split, and "
+                                 "the data has none", where=where + ("kind",),
+                                 suggestion="set data.val_split (e.g. 0.1)")
             if len(entry.inputs) < unit.min_inputs:
                 raise GraphError(f"the {unit.kind} aggregator needs at least {unit.min_inputs} inputs",
                                  where=where + ("inputs",))

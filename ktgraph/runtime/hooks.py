@@ -74,6 +74,12 @@ class Hooks:
         for unit in self.units:
             unit.on_epoch_start(None, epoch)
 
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Each aggregator's state as its unit reports it (for the epoch's metrics line), by aggregator."""
+        found = {agg.name: agg.unit.metrics(self._module(agg), [r.name for r in agg.inputs])
+                 for agg in self.aggregators}
+        return {name: values for name, values in found.items() if values}
+
     def epoch_end(self, epoch: EpochInfo) -> None:
         for agg in self.aggregators:
             heldout = None if self.heldout is None else HeldOutInputs(self.eval_plan, agg, self.modules,

@@ -162,6 +162,8 @@ class Trainer:
                     **train_stats, **calibration, **results}
             if executor.compile_seconds is not None:
                 line["compile_seconds"] = round(executor.compile_seconds, 3)
+            if state := self.hooks.metrics():
+                line["aggregators"] = state
             # Metrics first: a crash before the checkpoint replays this epoch, and resume drops its line.
             self.run_dir.append_metrics(line)
             for callback in self.on_epoch:
