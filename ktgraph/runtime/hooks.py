@@ -61,9 +61,10 @@ class Hooks:
         self.units: list[Unit] = list({id(u): u for u in (*(l.loss for l in graph.links),
                                                           *(l.gate for l in graph.links))
                                        if u.has_hooks()}.values())
+        self.adapters = [(key, unit) for key, unit in modules.adapter_units.items() if unit.has_hooks()]
 
     def __bool__(self) -> bool:
-        return bool(self.aggregators or self.units)
+        return bool(self.aggregators or self.units or self.adapters)
 
     def _module(self, agg: Aggregator) -> Any:
         return self.modules.module(agg.id)
@@ -73,6 +74,8 @@ class Hooks:
             agg.unit.on_epoch_start(self._module(agg), epoch)
         for unit in self.units:
             unit.on_epoch_start(None, epoch)
+        for key, adapter in self.adapters:
+            adapter.on_epoch_start(self.modules.get_submodule(key), epoch)
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """Each aggregator's state as its unit reports it (for the epoch's metrics line), by aggregator."""
@@ -87,3 +90,5 @@ class Hooks:
             agg.unit.on_epoch_end(self._module(agg), epoch, heldout)
         for unit in self.units:
             unit.on_epoch_end(None, epoch, None)
+        for key, adapter in self.adapters:
+            adapter.on_epoch_end(self.modules.get_submodule(key), epoch, None)
