@@ -118,14 +118,16 @@ class KDCLGeneral(AggregatorKind):
         assert isinstance(module, GeneralWeights)
         if heldout is None:
             return
-        covariance = torch.zeros(len(module.weights), len(module.weights), dtype=torch.float64)
-        count = torch.zeros((), dtype=torch.float64)
+        k = len(module.weights)
+        # Sums on the weights' device, where a collective backend (NCCL on CUDA) can reduce them.
+        sums = torch.zeros(k * k + 1, dtype=torch.float64, device=module.weights.device)  # Σ e eᵀ, then N
         for batch in heldout.batches():
             z = torch.stack(batch.logits, dim=1).double()
             errors = z.softmax(dim=2) - F.one_hot(batch.labels, z.shape[2]).double()[:, None, :]
-            covariance = covariance + torch.einsum("bkc,bjc->kj", errors, errors).cpu()
-            count = count + z.shape[0]
-        covariance = sum_over_ranks(covariance) / sum_over_ranks(count)  # the whole split, across processes
+            sums[:-1] += torch.einsum("bkc,bjc->kj", errors, errors).flatten().to(sums.device)
+            sums[-1] += z.shape[0]
+        sums = sum_over_ranks(sums)  # the whole split, across processes
+        covariance = (sums[:-1] / sums[-1]).reshape(k, k).cpu()
         module.weights.copy_(general_weights(covariance).to(module.weights))
 
     def metrics(self, module: nn.Module | None, inputs: Sequence[str]) -> dict[str, float]:
