@@ -149,8 +149,11 @@ def test_every_bundled_graph_batched_equals_unbatched(name):
     raw = "train.calibrate.paths=none"
     a, b = jobs(ROOT / "graphs" / f"{name}.yaml", raw)
     if not any(isinstance(s, FusedCall) for plan in (*b.program.stages, b.program.eval) for s in plan.steps):
-        assert name in ("dml", "independent", "kd")  # networks of different architectures: nothing to batch
-        a, b = jobs(ROOT / "graphs" / f"{name}.yaml", raw, *[f"networks.{n}.model=resnet8" for n in a.graph.networks])
+        assert name in ("dml", "fitnet", "independent", "kd", "kdcl_general", "kdcl_linear", "kdcl_minlogit",
+                        "kdcl_naive")  # networks of different architectures: nothing to batch
+        same = [f"networks.{n}.model=resnet8" for n in a.graph.networks]
+        same += ["networks.teacher.cuts=[layer1]"] if name == "fitnet" else []  # the student's cut too
+        a, b = jobs(ROOT / "graphs" / f"{name}.yaml", raw, *same)
     check_equivalence(a, b)
 
 

@@ -124,8 +124,9 @@ def test_mimic_losses_and_its_regressor_decision():
     mimic = LINKS["mimic"]()
     assert mimic.regressor((16, 8, 8), (16, 8, 8), "m") is None
     assert mimic.regressor((16, 8, 8), (32, 8, 8), "m") == "conv_bn_relu"
+    assert mimic.regressor((16, 8, 8), (32, 4, 4), "m") == "conv_bn_relu"  # the regressor maps the size too
     with pytest.raises(GraphError, match="cannot be compared"):
-        mimic.regressor((16, 8, 8), (32, 4, 4), "m")
+        LINKS["mimic"](adapter="none").regressor((16, 8, 8), (32, 4, 4), "m")
 
 
 def _attention_by_hand(logits, features, wq, wk):
@@ -142,12 +143,20 @@ def _attention_by_hand(logits, features, wq, wk):
 def test_every_registered_aggregator_against_a_hand_computed_value(name):
     torch.manual_seed(0)
     logits = [torch.randn(1, 3) for _ in range(3)]
+    if name == "kdcl_linear":  # student 0 alone is right, confidently: any weight on the others raises the CE
+        logits = [torch.tensor([[0.0, 5.0, 0.0]]), torch.tensor([[5.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 5.0]])]
+    label = torch.tensor([1])
     features = [torch.randn(1, 4, 2, 2) for _ in range(3)]
     unit = AGGREGATORS[name](**({"reduction": 2} if name == "attention" else {}))
     module = unit.build([(3,)] * 3, [(4, 2, 2)] * 3)
-    got = unit.aggregate(module, AggregatorInput(logits, features if name == "attention" else []))
-    if name == "mean":
+    got = unit.aggregate(module, AggregatorInput(logits, features if name == "attention" else [], label))
+    ce = [-math.log(math.exp(z[0, 1].item()) / sum(math.exp(v) for v in z[0].tolist())) for z in logits]
+    if name == "mean" or name == "kdcl_general":  # General: uniform weights until its first epoch ends
         expected = [sum(z[0] for z in logits) / 3]
+    elif name in ("kdcl_naive", "kdcl_linear"):
+        expected = [logits[ce.index(min(ce))][0]]
+    elif name == "kdcl_minlogit":
+        expected = [torch.tensor([min(z[0, c].item() - z[0, 1].item() for z in logits) for c in range(3)])]
     elif name == "attention":
         expected = _attention_by_hand([z[0] for z in logits], [f[0] for f in features],
                                       module.query.weight, module.key.weight)
@@ -160,11 +169,23 @@ def test_every_registered_aggregator_against_a_hand_computed_value(name):
 
 @pytest.mark.parametrize("name", ADAPTERS.list())
 def test_every_registered_adapter_maps_channels(name):
-    adapter = ADAPTERS[name](16, 32)
+    adapter = ADAPTERS[name]().build((16, 4, 4), (32, 4, 4))
     params = sum(p.numel() for p in adapter.parameters())
     assert params == {"conv1x1_relu": 16 * 32 + 32, "conv_bn_relu": 16 * 32 + 2 * 32}[name]
     y = adapter.eval()(torch.randn(2, 16, 4, 4))
     assert y.shape == (2, 32, 4, 4) and bool((y >= 0).all())  # both end in a ReLU
+
+
+def test_conv_bn_relu_maps_spatial_size_and_conv1x1_refuses():
+    strided = ADAPTERS["conv_bn_relu"]().build((16, 8, 8), (32, 4, 4))
+    assert sum(p.numel() for p in strided.parameters()) == 16 * 32 * 9 + 2 * 32  # 3x3 conv, stride 2
+    assert strided.eval()(torch.randn(2, 16, 8, 8)).shape == (2, 32, 4, 4)
+    resized = ADAPTERS["conv_bn_relu"]().build((16, 4, 4), (8, 6, 6))
+    assert resized.eval()(torch.randn(2, 16, 4, 4)).shape == (2, 8, 6, 6)
+    with pytest.raises(GraphError, match="changes channels, not spatial size"):
+        ADAPTERS["conv1x1_relu"]().build((16, 8, 8), (32, 4, 4))
+    with pytest.raises(GraphError, match="maps feature maps only"):
+        ADAPTERS["conv_bn_relu"]().build((10,), (12,))
 
 
 @pytest.mark.parametrize("name", DATASETS.list())

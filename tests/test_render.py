@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 import textwrap
 import xml.etree.ElementTree as ET
@@ -168,3 +169,54 @@ def test_missing_renderer_is_a_graph_error(tmp_path: Path, monkeypatch):
 def test_graphviz_pure_binary_is_found():
     found = dot._graphviz_pure_binary()
     assert found is not None and Path(found).name.startswith("graphviz-pure")
+
+
+def _legend_keys(source: str) -> set[str]:
+    """The styles a drawing's legend lists (its example nodes, without the edge examples' text nodes)."""
+    return {m for m in re.findall(r'"legend#([^"]+)" \[', source) if not m.endswith("_text")}
+
+
+def _used_keys(graph) -> set[str]:
+    """The styles the drawing of ``graph`` must use, from the graph itself."""
+    job = prepare(graph, with_data=False)
+    keys = {"segment", "own", "logits"}
+    keys |= {"cross", "crossflow"} if any(p.is_cross for p in graph.paths.values()) else set()
+    keys |= {f"adapter.{kind}" for kind in job.bound.adapters.values()}
+    keys |= {"regressor"} if job.bound.regressors else set()
+    keys |= {f"aggregator.{a.unit.kind}" for a in graph.aggregators.values()}
+    keys |= {"feature"} if any(a.features for a in graph.aggregators.values()) else set()
+    keys |= {"label"} if any(l.source.kind == "label" for l in graph.links) else set()
+    keys |= {"cutoff" if l.gate.removes_link else f"link.{l.loss.kind}" for l in graph.links}
+    return keys
+
+
+@pytest.mark.parametrize("path", GRAPHS, ids=[p.stem for p in GRAPHS])
+def test_every_legend_lists_exactly_what_its_drawing_uses(path: Path):
+    graph = load_graph(path)
+    source = viz.graph_dot(graph, viz.details_of(prepare(graph, with_data=False).bound)).source
+    assert _legend_keys(source) == _used_keys(graph)
+
+
+def test_dcl_drawing_keeps_opposite_labels_apart_and_its_matrix():
+    graph = load_graph(ROOT / "graphs" / "dcl.yaml")
+    source = viz.graph_dot(graph).source
+    legend = _legend_keys(source)
+    assert not any(k.startswith(("adapter", "aggregator", "regressor", "cross")) for k in legend)
+    there = re.search(r'net2 -> net1 \[[^\]]*id="link:kl:net2->net1"[^\]]*\]', source).group(0)
+    back = re.search(r'net1 -> net2 \[[^\]]*id="link:kl:net1->net2"[^\]]*\]', source).group(0)
+    assert 'xlabel="kl\\ncutoff"' in back  # a cut-off link says only that
+    sides = {re.search(r"tailport=(\w)", e).group(1) for e in (there, back)}
+    assert sides == {"e", "w"}  # the two directions bend out on opposite sides
+    matrix = viz.matrix_dot(graph).source
+    rows = re.findall(r"<TR>(.*?)</TR>", matrix)
+    assert [re.search(r"<B>([^<]+)</B>", r).group(1) for r in rows[1:]] == ["net1", "net2", "net3"]
+    net1 = re.findall(r"<TD[^>]*>(.*?)</TD>", rows[1])
+    assert [re.sub(r"<[^>]+>", "", c) for c in net1] == ["net1", "through", "", "correct", "linear"]
+    assert "cutoff (ce:net3)" in rows[3] and "through (pretrain:net3)" in rows[3]
+
+
+def test_cli_renders_the_matrix(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["render", str(ROOT / "graphs" / "dcl.yaml"), "--matrix", "--format", "dot"]) == 0
+    assert "receiver" in (tmp_path / "dcl.matrix.dot").read_text()
+    assert main(["render", str(ROOT / "graphs" / "dcl.yaml"), "--matrix", "--plan"]) == 2

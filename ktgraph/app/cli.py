@@ -29,7 +29,7 @@ from ..runtime.strategy import from_environment
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
 from .pick import parse_amount, pick
-from .render import FORMATS, details_of, graph_dot, plans_dot, render
+from .render import FORMATS, details_of, graph_dot, matrix_dot, plans_dot, render
 from .report import write_report
 from .run import default_run_dir, train
 from .tables import format_costs, format_tables
@@ -268,10 +268,15 @@ def cmd_render(args: argparse.Namespace) -> int:
                              expected="an output name ending in " + ", ".join(f".{f}" for f in FORMATS),
                              suggestion="add --format svg or --format dot")
     fmt = fmt or "svg"
-    out = Path(args.out) if args.out else Path(f"{Path(files[0]).stem}{'.plan' if args.plan else ''}.{fmt}")
+    if args.plan and args.matrix:
+        raise GraphError("--plan and --matrix draw different pictures; choose one", file="command line")
+    kind = ".plan" if args.plan else ".matrix" if args.matrix else ""
+    out = Path(args.out) if args.out else Path(f"{Path(files[0]).stem}{kind}.{fmt}")
     graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
     job = _build(graph)
-    if args.plan:
+    if args.matrix:
+        dot = matrix_dot(graph)
+    elif args.plan:
         dot = plans_dot(titled_plans(job, files[0], eval_plan=args.eval), f"plans for {files[0]}")
     else:
         dot = graph_dot(graph, details_of(job.bound))
@@ -352,6 +357,8 @@ def parser() -> argparse.ArgumentParser:
                          help="output file (default: NAME.svg, or NAME.plan.svg with --plan, in this directory)")
     render_.add_argument("--plan", action="store_true", help="draw the compiled plan instead of the graph")
     render_.add_argument("--eval", action="store_true", help="with --plan: the evaluation plan")
+    render_.add_argument("--matrix", action="store_true",
+                         help="draw the link matrix instead (rows receive, columns send, each cell its gate)")
     render_.add_argument("--format", choices=["svg", "dot", "png"],
                          help="picture format (default: from the suffix of -o, else svg)")
     render_.set_defaults(func=cmd_render)

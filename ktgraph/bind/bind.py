@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import GraphError
 from ..graph import AdapterId, KTGraph, Network, Ref, RegressorId, SegmentId
-from ..kinds import AUTO, NONE, AggregatorInput, GateContext, make_adapter
+from ..kinds import ADAPTERS, AUTO, NONE, AggregatorInput, GateContext, make_adapter
 from ..zoo import Segment, create_model, split
 from ..zoo.sync_batchnorm import convert_sync_batchnorm
 from .modules import GraphModules
@@ -167,13 +167,21 @@ class _Binder:
                     raise GraphError(f"path `{path.name}`: `{junction.up}` gives {out} but `{junction.down}` takes "
                                      f"{need}", where=path.where + ("adapter",),
                                      suggestion="set `adapter: auto` to join them with a 1x1 conv + ReLU")
-                if len(out) != 3 or out[1:] != need[1:]:
-                    raise GraphError(f"path `{path.name}`: `{junction.up}` gives {out} but `{junction.down}` takes "
-                                     f"{need}; an adapter can change channels but not spatial size",
-                                     where=path.where, suggestion="cut both networks where their resolutions agree")
                 kind = "conv1x1_relu" if path.adapter == AUTO else path.adapter
-                self.modules.adapters[junction.key] = make_adapter(kind, out[0], need[0])
+                self.adapter("adapters", junction.key, kind, (out, need), path.where + ("adapter",),
+                             f"path `{path.name}` at `{junction}`: ")
                 self.adapters[junction] = kind
+
+    def adapter(self, family: str, key: str, kind: str, shapes: tuple[Shape, Shape], where: tuple[str | int, ...],
+                what: str) -> None:
+        """Build an adapter (or a regressor) into ``modules.<family>[key]``; a refusal is located at the
+        field that chose it. Its unit is kept beside it for its lifecycle hooks."""
+        try:
+            getattr(self.modules, family)[key] = make_adapter(kind, *shapes)
+        except GraphError as err:
+            err.message, err.where = what + err.message, err.where or where
+            raise
+        self.modules.adapter_units[f"{family}.{key}"] = ADAPTERS[kind]()
 
     def aggregators(self, bound: BoundGraph) -> None:
         """Each aggregator's module (from its inputs' shapes) and the shapes of its outputs, by a dry run."""
@@ -220,5 +228,6 @@ class _Binder:
                                  f"({kinds[rid]} and {kind})", where=link.where + ("adapter",),
                                  suggestion="give them the same `adapter` (they then share one regressor)")
             if rid.key not in self.modules.regressors:
-                self.modules.regressors[rid.key] = make_adapter(kind, target[0], source[0])
+                self.adapter("regressors", rid.key, kind, (target, source), link.where + ("adapter",),
+                             f"link `{link.name}`: ")
             self.regressors[link.name] = rid

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from torch import Tensor, nn
 
 from ..graph import AdapterId, AggregatorId, ModuleId, RegressorId, SegmentId, by_name
+from ..kinds import Adapter
 from ..zoo import Segment
 
 
@@ -25,6 +26,7 @@ class GraphModules(nn.Module):
         self.aggregators = nn.ModuleDict()
         self.regressors = nn.ModuleDict()
         self.segments: dict[SegmentId, Segment] = {}
+        self.adapter_units: dict[str, Adapter] = {}  # "adapters.KEY" / "regressors.KEY" -> the unit that built it
         self.fixed: frozenset[str] = frozenset()
 
     def module(self, owner: ModuleId) -> Callable[..., Tensor] | nn.Module | None:

@@ -18,6 +18,7 @@ from ..kinds import AGGREGATORS, GATES, LINKS, AggregatorKind, LinkKind
 from ..spec.loader import LoadedGraph, load_spec
 from ..spec.schema import GraphSpec
 from ..spec.validate import GraphErrors, convert_errors
+from .cells import cell_gates
 from .ids import AdapterId, AggregatorId, ModuleId
 from .records import ALL, LABEL, Aggregator, Ensemble, KTGraph, Link, Ref, Stage, Where
 from .structure import Structure
@@ -89,6 +90,10 @@ class _Builder(Structure):
             entry = pending[name]
             where: Where = ("aggregators", name)
             unit: AggregatorKind = _unit(AGGREGATORS.get(entry.kind), entry, where)
+            if unit.needs_heldout and self.spec.data.val_split == 0:
+                raise GraphError(f"the {unit.kind} aggregator estimates its state on the validation split, and "
+                                 "the data has none", where=where + ("kind",),
+                                 suggestion="set data.val_split (e.g. 0.1)")
             if len(entry.inputs) < unit.min_inputs:
                 raise GraphError(f"the {unit.kind} aggregator needs at least {unit.min_inputs} inputs",
                                  where=where + ("inputs",))
@@ -121,21 +126,31 @@ class _Builder(Structure):
         return found
 
     # --- links --------------------------------------------------------------------
-    def expand(self, index: int, link: Any) -> list[dict[str, Any]]:
+    def expand(self, index: int, link: Any) -> list[tuple[dict[str, Any], Where]]:
+        """The template's links, each with where its gate was written (the link's `gate`, or a `gates` cell)."""
         where: Where = ("links", index)
         fields = link.model_dump()
+        gates = fields.pop("gates")
         if not link.each:
-            return [fields]
+            if gates is not None:
+                raise GraphError("`gates` sets the gate of each link an `each` template makes; this link has no "
+                                 "`each`", where=where + ("gates",), suggestion="write its gate in `gate:`")
+            return [(fields, where + ("gate",))]
         names = list(link.each)
-        out = []
+        made: dict[tuple[str, ...], dict[str, Any]] = {}
         for values in itertools.product(*(link.each[n] for n in names)):
             if link.distinct and len(set(values)) < len(values):
                 continue
             env = dict(zip(names, values))
-            out.append({k: self._fill(v, env, where + (k,)) for k, v in fields.items()})
-        if not out:
+            made[values] = {k: self._fill(v, env, where + (k,)) for k, v in fields.items()}
+        if not made:
             raise GraphError("`each` expands to no link", where=where + ("each",),
                              suggestion="with distinct: true, every variable needs values that differ")
+        cells = cell_gates(gates, link.each, set(made), where + ("gates",)) if gates is not None else {}
+        out = []
+        for values, filled in made.items():
+            gate, gate_where = cells.get(values, (filled["gate"], where + ("gate",)))
+            out.append(({**filled, "gate": gate}, gate_where))
         return out
 
     def _fill(self, value: Any, env: dict[str, str], where: Where) -> Any:
@@ -180,9 +195,10 @@ class _Builder(Structure):
                 raise unknown_name("thing to train", name, known, where + (i,))
         return frozenset(owners), everything
 
-    def link(self, fields: dict[str, Any], where: Where) -> Link:
+    def link(self, fields: dict[str, Any], where: Where, gate_where: Where) -> Link:
         loss: LinkKind = _unit(LINKS.get(fields["kind"]), fields, where)
-        gate = _unit(GATES.get(fields["gate"]["kind"]), fields["gate"], where + ("gate",))
+        gate = _unit(GATES.get(fields["gate"]["kind"], gate_where + ("kind",)), fields["gate"], gate_where,
+                     own_fields_only=False)
         source = self.ref(fields["source"], where + ("source",), allow_label=True)
         target = self.ref(fields["target"], where + ("target",))
         kind = loss.kind
@@ -200,7 +216,7 @@ class _Builder(Structure):
         if loss.source_must == "value" and source.kind == "label":
             raise GraphError(f"a {kind} link needs a feature as source", where=where + ("source",))
         if gate.masks and not (source.predicts or source.kind == "label"):
-            raise GraphError(f"the {gate.kind} gate needs a source that predicts classes", where=where + ("gate",),
+            raise GraphError(f"the {gate.kind} gate needs a source that predicts classes", where=gate_where,
                              expected=", ".join(g for g in GATES if not GATES[g].masks))
         trains, everything = self.trains(fields["trains"], where + ("trains",))
         name = fields["name"] or (f"{kind}:{target}" if source.kind == "label" else f"{kind}:{source}->{target}")
@@ -211,8 +227,8 @@ class _Builder(Structure):
         links: list[Link] = []
         names: set[str] = set()
         for index, spec in enumerate(self.spec.links):
-            for fields in self.expand(index, spec):
-                link = self.link(fields, ("links", index))
+            for fields, gate_where in self.expand(index, spec):
+                link = self.link(fields, ("links", index), gate_where)
                 if link.name in names:
                     raise GraphError(f"two links are named `{link.name}`", where=link.where,
                                      suggestion="give one of them a `name:`")
@@ -259,11 +275,12 @@ class _Builder(Structure):
                        self.document(), self.source)
 
 
-def _unit(cls: type[BaseModel], fields: Any, where: Where) -> Any:
-    """A unit from a file entry's fields (the common fields of its section left out)."""
+def _unit(cls: type[BaseModel], fields: Any, where: Where, *, own_fields_only: bool = True) -> Any:
+    """A unit from a file entry's fields: the common fields of its section left out, or (a gate, which
+    has none) every field checked, so that a `gates` cell's unknown field is an error too."""
     data = fields.model_dump() if isinstance(fields, BaseModel) else fields
     try:
-        return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+        return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields or not own_fields_only})
     except ValidationError as exc:
         errors = convert_errors(exc, data)
         for err in errors:

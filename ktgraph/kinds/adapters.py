@@ -1,23 +1,28 @@
-"""Adapters: the modules that join tensors of different shapes.
+"""Adapters: the registered units that map one tensor's shape onto another's.
 
 A cross path whose mid features differ in channels is joined by an adapter at its junction
 (``conv1x1_relu``, as in the XML seeds); a mimic link whose features differ goes through a
-regressor (``conv_bn_relu``, FitNet's). Register your own with ``@register_adapter`` on a
-function ``(in_channels, out_channels) -> nn.Module``; ``label`` is what drawings show.
+regressor (``conv_bn_relu``, FitNet's), which may also change the spatial size. An adapter is a
+unit like a gate or an aggregator: ``build(source, target)`` receives both full shapes (per sample)
+and returns the module, or refuses with a :class:`GraphError` naming what it cannot map; it may
+have lifecycle hooks, called with its module. Register your own with ``@register_adapter``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
+from abc import abstractmethod
+from typing import Annotated, ClassVar, Literal
 
+import torch.nn.functional as F
 from pydantic import AfterValidator
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import choice_error
+from ..errors import GraphError
 from ..registry import Registry
+from .base import Unit
 
-AdapterFactory = Callable[[int, int], nn.Module]
-ADAPTERS: Registry[AdapterFactory] = Registry("adapter")
+Shape = tuple[int, ...]
+ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
 register_adapter = ADAPTERS.register
 AUTO, NONE = "auto", "none"
 
@@ -32,22 +37,81 @@ AdapterChoice = Annotated[str, AfterValidator(_adapter_name)]
 """``auto`` (the default kind where shapes differ), ``none`` (shapes must agree) or a registered adapter."""
 
 
+class Adapter(Unit):
+    """Maps values of shape ``source`` (C, H, W per sample) to shape ``target``; ``label`` is what drawings show."""
+
+    family: ClassVar[str] = "adapter"
+    registry: ClassVar[Registry[type[Adapter]]] = ADAPTERS
+    label: ClassVar[str] = ""
+
+    @abstractmethod
+    def build(self, source: Shape, target: Shape) -> nn.Module:
+        """The module, or a GraphError saying why these shapes cannot be mapped."""
+
+    def refuse(self, source: Shape, target: Shape, why: str, expected: str, suggestion: str = "") -> GraphError:
+        """The error for shapes this adapter cannot map (the binder adds where, and which path or link)."""
+        return GraphError(f"the {self.kind} adapter cannot map {source} to {target}: {why}", expected=expected,
+                          suggestion=suggestion)
+
+
 def adapter_label(kind: str) -> str:
-    return str(ADAPTERS.metadata(kind).get("label", kind))
+    return ADAPTERS.get(kind).label or kind
 
 
-def make_adapter(kind: str, in_channels: int, out_channels: int) -> nn.Module:
-    return ADAPTERS.get(kind)(in_channels, out_channels)
+def make_adapter(kind: str, source: Shape, target: Shape) -> nn.Module:
+    return ADAPTERS.get(kind)().build(tuple(source), tuple(target))
 
 
-@register_adapter(label="1x1 conv+ReLU")
-def conv1x1_relu(in_channels: int, out_channels: int) -> nn.Module:
-    """1x1 convolution (with bias) + ReLU: the XML seeds' junction adapter."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=False))
+@register_adapter
+class Conv1x1ReLU(Adapter):
+    """1x1 convolution (with bias) + ReLU: the XML seeds' junction adapter; channels only."""
+
+    kind: Literal["conv1x1_relu"] = "conv1x1_relu"
+    label: ClassVar[str] = "1x1 conv+ReLU"
+
+    def build(self, source: Shape, target: Shape) -> nn.Module:
+        if len(source) != 3 or len(target) != 3 or source[1:] != target[1:]:
+            raise self.refuse(source, target, "it changes channels, not spatial size",
+                              "feature maps of the same height and width",
+                              "cut both networks where their resolutions agree, or use `adapter: conv_bn_relu`")
+        return nn.Sequential(nn.Conv2d(source[0], target[0], 1), nn.ReLU(inplace=False))
 
 
-@register_adapter(label="1x1 conv+BN+ReLU")
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Module:
-    """1x1 convolution (no bias) + BatchNorm + ReLU: FitNet's regressor."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
-                         nn.ReLU(inplace=False))
+class Resize(nn.Module):
+    """Bilinear resizing to a fixed spatial size (a regressor onto a larger or oddly sized map)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+@register_adapter
+class ConvBNReLU(Adapter):
+    """Convolution (no bias) + BatchNorm + ReLU: FitNet's regressor, onto the target's channels and size.
+
+    Same size: a 1x1 convolution. A source larger by an integer factor s in both sides: a 3x3
+    convolution of stride s (padding 1). Any other size: bilinear resizing, then the 1x1 convolution.
+    """
+
+    kind: Literal["conv_bn_relu"] = "conv_bn_relu"
+    label: ClassVar[str] = "conv+BN+ReLU"
+
+    def build(self, source: Shape, target: Shape) -> nn.Module:
+        if len(source) != 3 or len(target) != 3:
+            raise self.refuse(source, target, "it maps feature maps only", "shapes (channels, height, width)",
+                              "compare logits with a `kl` link, feature maps with `mimic`")
+        (c_in, h, w), (c_out, th, tw) = source, target
+        conv: list[nn.Module]
+        if (h, w) == (th, tw):
+            conv = [nn.Conv2d(c_in, c_out, 1, bias=False)]
+        elif h % th == 0 and w % tw == 0 and h // th == w // tw:
+            conv = [nn.Conv2d(c_in, c_out, 3, stride=h // th, padding=1, bias=False)]
+        else:
+            conv = [Resize((th, tw)), nn.Conv2d(c_in, c_out, 1, bias=False)]
+        return nn.Sequential(*conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=False))

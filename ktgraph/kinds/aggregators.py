@@ -44,7 +44,8 @@ class AggregatorKind(Unit):
     ``min_inputs``: how many inputs it needs; ``reads_features``: ``none`` or ``one_per_input``
     (intermediate features aligned with the inputs); ``uses_labels``: it reads the labels,
     so evaluation (which must not see them) does not report it; ``per_input``: one output per
-    input (named ``aggregator.input``) instead of one named like the aggregator.
+    input (named ``aggregator.input``) instead of one named like the aggregator; ``needs_heldout``: its
+    ``on_epoch_end`` estimates its state on the validation split, so the data must have one.
     """
 
     family: ClassVar[str] = "aggregator"
@@ -53,6 +54,7 @@ class AggregatorKind(Unit):
     reads_features: ClassVar[Literal["none", "one_per_input"]] = "none"
     uses_labels: ClassVar[bool] = False
     per_input: ClassVar[bool] = False
+    needs_heldout: ClassVar[bool] = False
     shape: ClassVar[str] = "hexagon"
 
     def outputs(self, name: str, inputs: Sequence[str]) -> tuple[str, ...]:
@@ -69,6 +71,10 @@ class AggregatorKind(Unit):
     def caption(self) -> str:
         """A drawing's second line under the aggregator's name."""
         return self.kind
+
+    def metrics(self, module: nn.Module | None, inputs: Sequence[str]) -> dict[str, float]:
+        """State worth a line in each epoch's metrics (KDCL-General's weights, by input); none by default."""
+        return {}
 
 
 @register_aggregator

@@ -133,13 +133,13 @@ class Mimic(LinkKind):
         return ["mimic"] + ([self.loss] if self.loss != "mse" else [])
 
     def regressor(self, target: Shape, source: Shape, link: str) -> str | None:
+        """``auto``: a ``conv_bn_relu`` where shapes differ (it maps channels and spatial size, or refuses)."""
         if source == target and self.adapter in (AUTO, NONE):
             return None
-        if self.adapter == NONE or len(source) != 3 or source[1:] != target[1:]:
+        if self.adapter == NONE:
             raise GraphError(f"link `{link}`: target feature {target} cannot be compared with source feature "
-                             f"{source}", where=("adapter",) if self.adapter == NONE else (),
-                             suggestion="use `adapter: auto` (a 1x1 conv + BN + ReLU regressor) and features of "
-                                        "the same spatial size")
+                             f"{source}", where=("adapter",),
+                             suggestion="use `adapter: auto` (a conv + BN + ReLU regressor onto the source's shape)")
         return "conv_bn_relu" if self.adapter == AUTO else self.adapter
 
 

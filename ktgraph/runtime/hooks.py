@@ -63,6 +63,7 @@ class UnitHooks(Callback):
         self.units: list[Unit] = list({id(u): u for u in (*(l.loss for l in graph.links),
                                                           *(l.gate for l in graph.links))
                                        if u.has_hooks()}.values())
+        self.adapters = [(key, unit) for key, unit in modules.adapter_units.items() if unit.has_hooks()]
 
     def _module(self, agg: Aggregator) -> Any:
         return self.modules.module(agg.id)
@@ -72,6 +73,14 @@ class UnitHooks(Callback):
             agg.unit.on_epoch_start(self._module(agg), event.epoch)
         for unit in self.units:
             unit.on_epoch_start(None, event.epoch)
+        for key, adapter in self.adapters:
+            adapter.on_epoch_start(self.modules.get_submodule(key), event.epoch)
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Each aggregator's state as its unit reports it (for the epoch's metrics line), by aggregator."""
+        found = {agg.name: agg.unit.metrics(self._module(agg), [r.name for r in agg.inputs])
+                 for agg in self.aggregators}
+        return {name: values for name, values in found.items() if values}
 
     def on_epoch_end(self, event: EpochEnd) -> None:
         epoch = event.epoch
@@ -81,3 +90,5 @@ class UnitHooks(Callback):
             agg.unit.on_epoch_end(self._module(agg), epoch, heldout)
         for unit in self.units:
             unit.on_epoch_end(None, epoch, None)
+        for key, adapter in self.adapters:
+            adapter.on_epoch_end(self.modules.get_submodule(key), epoch, None)

@@ -88,8 +88,8 @@ class Trainer:
         self._params: list[torch.nn.Parameter] = []
         self._pending: tuple[torch.Tensor, int] | None = None  # the last backward's "all gradients finite", its batch
         heldout = make_loader(self.data.val, self.settings.eval_batch_size) if self.data.val is not None else None
-        self.events = Events([UnitHooks(self.graph, self.modules, self.program.eval, heldout, self.device),
-                              *callbacks])
+        self.unit_hooks = UnitHooks(self.graph, self.modules, self.program.eval, heldout, self.device)
+        self.events = Events([self.unit_hooks, *callbacks])
         self.stopped: str | None = None  # why a callback stopped the run, once it has
 
     # --- resume ----------------------------------------------------------------------
@@ -182,6 +182,8 @@ class Trainer:
                     **train_stats, **calibration, **results}
             if executor.compile_seconds is not None:
                 line["compile_seconds"] = round(executor.compile_seconds, 3)
+            if state := self.unit_hooks.metrics():
+                line["aggregators"] = state
             # Metrics first: a crash before the checkpoint replays this epoch, and resume drops its line.
             if self.strategy.is_main:
                 self.run_dir.append_metrics(line)

@@ -91,6 +91,7 @@ class LinkCommon(Strict):
     train_adapters: bool = True  # an explicit `trains` also trains the junction adapters next to what it names
     each: dict[Name, list[str]] | None = None
     distinct: bool = True
+    gates: dict[str, Any] | None = None  # one gate per expanded link, nested once per `each` variable
 
     @model_validator(mode="after")
     def _negative_weight_meant(self) -> LinkCommon:

@@ -14,8 +14,9 @@ import graphviz
 
 from ...bind import BoundGraph
 from ...graph import AdapterId, KTGraph, Link, Ref, RegressorId, SegmentId, by_name
-from ...kinds import LINKS, adapter_label
+from ...kinds import adapter_label
 from .dot import CROSS_COLORS, NETWORK_FILLS, esc, lines, new_digraph, num, wrap
+from .legend import CUT_OFF, Legend
 
 INPUT_NODE = "x"  # a reserved name: no network, path or aggregator can take it
 
@@ -56,6 +57,8 @@ def _trains_text(graph: KTGraph, link: Link) -> str:
 
 
 def _link_label(graph: KTGraph, link: Link) -> str:
+    if link.gate.removes_link:  # never computed: its weight, temperature and stages say nothing
+        return lines(link.loss.kind, link.gate.edge_label())
     head = [*link.loss.edge_label(), f"w={num(link.weight)}"]
     gate = link.gate.edge_label()
     notes = []
@@ -92,7 +95,8 @@ class _GraphDrawing:
         self.fill = {net: NETWORK_FILLS[i % len(NETWORK_FILLS)] for i, net in enumerate(graph.networks)}
         self.level: dict[str, int] = {INPUT_NODE: 0}
         self.last_own = max(len(net.segments) for net in graph.networks.values()) + 1
-        self.flat: set[tuple[str, str]] = set()
+        self.pairs: set[tuple[str, str]] = set()  # (tail, head) of every link between two nodes
+        self.used = Legend()
 
     def node_of(self, ref: Ref) -> str:
         if ref.kind == "logits" or ref.kind == "feature":
@@ -100,13 +104,18 @@ class _GraphDrawing:
         return f"agg#{ref.name}"
 
     def draw(self, legend: bool) -> graphviz.Digraph:
-        if legend:  # first in the source puts it below the graph
-            self.legend()
+        start = len(self.dot.body)
         self.dot.node(INPUT_NODE, "input x", shape="cds", style="filled", fillcolor="#eeeeee")
         self.networks()
         self.cross_paths()
         self.aggregators()
         self.links()
+        if legend:  # drawn last, for it lists what the graph used; first in the source puts it below the graph
+            end = len(self.dot.body)
+            self.used.draw(self.dot)
+            drawn = self.dot.body[end:]
+            del self.dot.body[end:]
+            self.dot.body[start:start] = drawn
         return self.dot
 
     def networks(self) -> None:
@@ -121,9 +130,11 @@ class _GraphDrawing:
                     c.node(str(segment), lines(segment.part, _stage_text(stages) if stages != (segment.part,) else ""),
                            shape="box", style="rounded,filled", fillcolor=self.fill[net.name], tooltip=str(segment))
                     self.level[str(segment)] = i
+                    self.used.use("segment", "own")
                 c.node(net.name, lines(net.name, "logits"), shape="ellipse", style="filled",
                        fillcolor=self.fill[net.name], tooltip=f"path {net.name}: logits")
                 self.level[net.name] = len(net.segments) + 1
+                self.used.use("logits")
             ids = [str(s) for s in net.segments]
             self.dot.edge(INPUT_NODE, ids[0], weight="10")
             for a, b in zip(ids, ids[1:]):
@@ -142,17 +153,20 @@ class _GraphDrawing:
             minlen = str(column - self.level[last])
             self.level[path.name] = column
             if not path.is_cross:  # a declared path along one network: the same values as the network
+                self.used.use("logits")
                 self.dot.node(path.name, lines(path.name, "logits"), shape="ellipse", style="filled",
                               fillcolor=self.fill[path.owners[0]], tooltip=f"path {path.name}")
                 self.dot.edge(last, path.name, minlen=minlen)
                 continue
             color = CROSS_COLORS[index % len(CROSS_COLORS)]
             index += 1
+            self.used.use("cross", "crossflow")
             style = {"color": color, "style": "dashed", "penwidth": "1.6", "tooltip": f"cross path {path.name}"}
             for junction in path.junctions():
                 up, down = str(junction.up), str(junction.down)
                 if junction in self.adapters:
                     node = f"adapter#{junction}"
+                    self.used.use(f"adapter:{self.adapters[junction]}")
                     if node not in drawn:
                         drawn.add(node)
                         self.dot.node(node, adapter_label(self.adapters[junction]), shape="box",
@@ -171,6 +185,7 @@ class _GraphDrawing:
         for agg in self.graph.aggregators.values():
             node = f"agg#{agg.name}"
             inputs = [self.node_of(ref) for ref in agg.inputs]
+            self.used.use(f"aggregator:{agg.unit.kind}", "feature" if agg.features else "")
             self.level[node] = max(self.level[n] for n in inputs) + 1
             self.dot.node(node, lines(agg.name, agg.unit.caption()), shape=agg.unit.shape, style="filled",
                           fillcolor="#fbe8c8", tooltip=agg.name)
@@ -195,22 +210,26 @@ class _GraphDrawing:
         elif a is not None and b is not None and a > b:
             self.dot.edge(head, tail, label=label, dir="back", **attrs)
         else:  # same column: a flat edge; an external label, since dot cannot rank labelled ones here
-            if (head, tail) in self.flat:  # the way back bends out to the right, apart from the way there
-                attrs = {**attrs, "tailport": "e", "headport": "e"}
-            self.flat.add((tail, head))
+            if (head, tail) in self.pairs:  # a pair of opposite links bends out on two sides, labels apart
+                side = "w" if (tail, head) < (head, tail) else "e"
+                attrs = {**attrs, "tailport": side, "headport": side}
             self.dot.edge(tail, head, xlabel=label, constraint="false", **attrs)
 
     def links(self) -> None:
         regressors = labels = 0
+        self.pairs = {(self.node_of(link.source), self.node_of(link.target)) for link in self.graph.links
+                      if link.source.kind != "label" and link.name not in self.regressors}
         for link in self.graph.links:
             style = dict(link.loss.style)
             if link.gate.removes_link:
-                style.update(color="#cccccc", fontcolor="#aaaaaa", style="dashed")
+                style.update(CUT_OFF)
+            self.used.use(edge="cutoff" if link.gate.removes_link else f"link:{link.loss.kind}")
             label = _link_label(self.graph, link)
             head = self.node_of(link.target)
             if link.source.kind == "label":  # a label node per ce link, right before its target
                 labels += 1
                 tail = f"label#{labels}"
+                self.used.use("label")
                 self.dot.node(tail, "label y", shape="note", style="filled", fillcolor="#eeeeee",
                               color="#8c8c8c", fontsize="9", height="0.3", tooltip=esc(f"label of {link.name}"))
                 self.level[tail] = self.level[head] - 1
@@ -220,6 +239,7 @@ class _GraphDrawing:
                 regressor, kind = self.regressors[link.name]
                 regressors += 1
                 node = f"regressor#{regressors}"
+                self.used.use("regressor")
                 self.dot.node(node, lines("regressor", adapter_label(kind)),
                               shape="box", style="filled", fillcolor="#e3f4e1", color=style["color"],
                               fontsize="8", height="0.25", margin="0.04,0.02", tooltip=esc(str(regressor)))
@@ -232,53 +252,3 @@ class _GraphDrawing:
                 self.dot.edge(node, head, tooltip=esc(link.name), constraint="false", **style)
             else:
                 self._link_edge(tail, head, label, id=esc(f"link:{link.name}"), tooltip=esc(link.name), **style)
-
-    def legend(self) -> None:
-        """One example of every node and edge style, in three columns."""
-        with self.dot.subgraph(name="cluster_legend") as c:
-            c.attr(label="legend", style="rounded,dashed", color="#aaaaaa", fontsize="11")
-            c.attr("node", fontsize="9", height="0.3")
-            nodes = [
-                ("segment", lines("segment: part", "its model stages"), {"shape": "box", "style": "rounded,filled",
-                                                                  "fillcolor": NETWORK_FILLS[0]}),
-                ("logits", "path logits", {"shape": "ellipse", "style": "filled", "fillcolor": NETWORK_FILLS[0]}),
-                ("cross", "cross-path logits", {"shape": "ellipse", "color": CROSS_COLORS[0],
-                                                "fontcolor": CROSS_COLORS[0], "penwidth": "1.6"}),
-                ("label", "label y", {"shape": "note", "style": "filled", "fillcolor": "#eeeeee",
-                                      "color": "#8c8c8c"}),
-                ("adapter", "adapter (1x1 conv+ReLU)", {"shape": "box", "style": "filled", "fillcolor": "#fff7cc",
-                                                        "color": "#b8860b"}),
-                ("regressor", "mimic regressor", {"shape": "box", "style": "filled", "fillcolor": "#e3f4e1",
-                                                  "color": LINKS["mimic"].style["color"]}),
-                ("mean", "mean aggregator", {"shape": "hexagon", "style": "filled", "fillcolor": "#fbe8c8"}),
-                ("attention", lines("attention aggregator", "W_L, W_E"),
-                 {"shape": "doubleoctagon", "style": "filled", "fillcolor": "#fbe8c8"}),
-            ]
-            edges = [
-                ("own", "own-path data flow", {}),
-                ("crossflow", "cross-path data flow", {"color": CROSS_COLORS[0], "style": "dashed",
-                                                       "penwidth": "1.6"}),
-                ("feature", "feature into attention", {"color": "#999999", "style": "dashed", "arrowhead": "odot"}),
-                ("ce", "ce link (from the label)", LINKS["ce"].style),
-                ("kl", "kl link", LINKS["kl"].style),
-                ("mimic", "mimic link", LINKS["mimic"].style),
-            ]
-            for key, label, attrs in nodes:
-                c.node(f"legend#{key}", label, **attrs)
-            for key, label, attrs in edges:
-                c.node(f"legend#{key}", "", shape="point", width="0.05")
-                c.node(f"legend#{key}_text", label, shape="plaintext")
-                c.edge(f"legend#{key}", f"legend#{key}_text", **attrs)
-            # Node examples in two columns, edge examples in a third; invisible edges keep the
-            # order (a flat edge a -> b puts b above a when the graph runs left to right).
-            half = (len(nodes) + 1) // 2
-            columns = [[k for k, _, _ in nodes[:half]], [k for k, _, _ in nodes[half:]], [k for k, _, _ in edges]]
-            for column in columns:
-                with c.subgraph() as same:
-                    same.attr(rank="same")
-                    for key in column:
-                        same.node(f"legend#{key}")
-                for a, b in zip(column, column[1:]):
-                    c.edge(f"legend#{b}", f"legend#{a}", style="invis")
-            for left, right in zip(columns, columns[1:]):
-                c.edge(f"legend#{left[0]}", f"legend#{right[0]}", style="invis")
