@@ -13,7 +13,8 @@ from ktgraph.bind import bind
 from ktgraph.compile import compile_program
 from ktgraph.errors import GraphError
 from ktgraph.kinds import ADAPTERS, AGGREGATORS, GATES, LINKS, Adapter, EpochInfo, register_adapter
-from ktgraph.runtime.hooks import Hooks
+from ktgraph.runtime.events import EpochEnd
+from ktgraph.runtime.hooks import UnitHooks
 
 CALLS: list[tuple[str, nn.Module, int]] = []
 
@@ -60,8 +61,8 @@ def test_a_user_adapter_maps_full_shapes_and_gets_its_hooks(pool_adapter):
         bound = bind(graph, 5, (3, 8, 8))
     module = next(iter(bound.modules.regressors.values()))
     assert module(torch.randn(2, 4, 8, 8)).shape == (2, 8, 4, 4)  # s.low (4, 8, 8) -> t.mid (8, 4, 4)
-    hooks = Hooks(graph, bound.modules, compile_program(bound).eval, None, torch.device("cpu"))
-    hooks.epoch_end(EpochInfo("main", 0, 3, 5))
+    hooks = UnitHooks(graph, bound.modules, compile_program(bound).eval, None, torch.device("cpu"))
+    hooks.on_epoch_end(EpochEnd(EpochInfo("main", 0, 3, 5)))
     assert CALLS == [("end", module, 3)]
 
 
