@@ -98,8 +98,9 @@ def test_a_callback_stops_the_run_cleanly_and_resume_ends_as_uninterrupted(tmp_p
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "stopped" and "enough after epoch 2" in status["reason"] and "StopAfter" in status["reason"]
     assert len(run.read_metrics()) == 2 and run.checkpoint.exists() and not (run / "summary.json").exists()
-    with pytest.raises(GraphError, match="interrupted run"):
+    with pytest.raises(GraphError, match="that a callback stopped .enough after epoch 2") as refused:
         check_run_dir(graph, run)  # resumable, not overwritten by accident
+    assert "ktgraph run --resume" in str(refused.value)
 
     resumed = train(graph, run.path, resume=True, progress_bar=False, echo=lambda t: None)
     whole = train(graph, tmp_path / "whole", progress_bar=False, echo=lambda t: None)

@@ -102,15 +102,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
         run_dir = Path(args.out) if args.out else default_run_dir(graph, files[0])
     try:
-        strategy = from_environment(graph.train.device)
-    except GraphError as err:
-        raise graph.locate(err) from None
-    if strategy.is_main:
-        print(f"run directory: {run_dir}" + (f" ({strategy.world} processes)" if strategy.world > 1 else ""),
-              file=sys.stderr)
-    try:
+        strategy = from_environment(graph.train.device)  # under torchrun: this rank; rank 0 alone prints
+        run_dir = Path(strategy.broadcast_object(str(run_dir)))  # rank 0's folder (the time in its name) on all
+        if strategy.is_main:
+            print(f"run directory: {run_dir}" + (f" ({strategy.world} processes)" if strategy.world > 1 else ""),
+                  file=sys.stderr)
         train(graph, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress_bar=not args.no_progress,
-              argv=sys.argv, strategy=strategy, echo=print if strategy.is_main else _quiet)
+              argv=sys.argv, strategy=strategy, echo=print if strategy.is_main else lambda text: None)
     except GraphError as err:
         raise graph.locate(err) from None
     except (KeyboardInterrupt, Terminated) as stop:
@@ -122,10 +120,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     return 0
-
-
-def _quiet(text: str) -> None:
-    """Ranks other than 0 print nothing but their errors."""
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -66,7 +66,10 @@ def check_run_dir(graph: KTGraph, run: RunDir, *, overwrite: bool = False) -> No
     if difference is None and not (run / SUMMARY).exists() and not run.checkpoint.exists():
         return  # this graph's run, stopped before its first checkpoint: nothing to lose
     if difference is None and not (run / SUMMARY).exists():
-        raise GraphError("the folder holds an interrupted run of this graph", file=str(path),
+        status = run.read_json(STATUS) or {}
+        how = (f"a run of this graph that a callback stopped ({status.get('reason')})"
+               if status.get("state") == "stopped" else "an interrupted run of this graph")
+        raise GraphError(f"the folder holds {how}", file=str(path),
                          suggestion=f"continue it with `ktgraph run --resume {path}`, or start it again with "
                                     "--overwrite")
     if difference is None:
@@ -113,7 +116,7 @@ def fit(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite:
     """
     strategy = strategy if strategy is not None else from_environment(graph.train.device)
     run = RunDir(run_dir)
-    main = strategy.is_main
+    strategy.resume_command = f"ktgraph run --resume {run.path}"
     with contextlib.ExitStack() as held:
         if not resume:
             _on_main(strategy, lambda: check_run_dir(graph, run, overwrite=overwrite))
@@ -143,9 +146,9 @@ def fit(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite:
             trainer.resume(payload)  # refuses a changed config before anything in the folder changes
         _on_main(strategy, lambda: run.write_json(STATUS, {"state": "running", "pid": os.getpid(),
                                                            "processes": strategy.world}))
-        with strategy.guard(resume=f"ktgraph run --resume {run.path}"):
+        with strategy.guard():
             state = trainer.fit()
-        if main:
+        if strategy.is_main:
             ended = {"state": "stopped", "reason": trainer.stopped} if trainer.stopped else {"state": "trained"}
             run.write_json(STATUS, {**ended, "stage": state.stage, "epoch": state.epoch})
         return Fitted(graph, trainer, run, state, trainer.stopped)

@@ -20,7 +20,7 @@ import datetime
 import os
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import GraphError, TrainingError
+
+T = TypeVar("T")
 
 
 class ShardedBatches(Sampler[list[Any]]):
@@ -76,6 +78,7 @@ class Local:
     rank = 0
     world = 1
     is_main = True
+    resume_command = "ktgraph run --resume RUN_DIR"  # what a failure message tells the user to run
 
     def __init__(self, device: torch.device | None = None) -> None:
         self.device = device
@@ -113,10 +116,13 @@ class Local:
     def broadcast_module(self, module: nn.Module) -> None:
         """Rank 0's parameters and buffers on every rank."""
 
+    def broadcast_object(self, value: T) -> T:
+        """Rank 0's ``value`` (a picklable object) on every rank."""
+        return value
+
     @contextlib.contextmanager
-    def guard(self, resume: str = "ktgraph run --resume RUN_DIR") -> Iterator[None]:
-        """Around training: a failed collective (another process ended) becomes a clear error that
-        says how to continue (``resume``)."""
+    def guard(self) -> Iterator[None]:
+        """A failed collective (another process ended) becomes a clear error that says how to continue."""
         yield
 
     def close(self) -> None:
@@ -178,13 +184,19 @@ class Distributed(Local):
                 dist.broadcast(tensor.data, src=0)
 
     @contextlib.contextmanager
-    def guard(self, resume: str = "ktgraph run --resume RUN_DIR") -> Iterator[None]:
+    def guard(self) -> Iterator[None]:
         try:
             yield
         except RuntimeError as err:
             if isinstance(err, dist.DistError) or any(word in str(err) for word in COLLECTIVE_FAILURES):
-                raise lost_rank(self.rank, err, resume) from None
+                raise lost_rank(self.rank, err, self.resume_command) from None
             raise
+
+    def broadcast_object(self, value: T) -> T:
+        box = [value]
+        with self.guard():
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         if dist.is_initialized():
@@ -198,7 +210,7 @@ class Distributed(Local):
 COLLECTIVE_FAILURES = ("gloo", "NCCL", "Connection reset", "Connection closed", "Socket Timeout", "timed out")
 
 
-def lost_rank(rank: int, err: BaseException, resume: str = "ktgraph run --resume RUN_DIR") -> TrainingError:
+def lost_rank(rank: int, err: BaseException, resume: str) -> TrainingError:
     """What every surviving rank says when a collective fails: another process has ended."""
     text = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip())  # gloo's source location
     first = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
