@@ -25,12 +25,14 @@ from ..registry import Registry
 from ..runtime import Job, RunDir, prepare
 from ..runtime.checkpoint import write_error
 from ..runtime.measure import call_costs, node_costs, row_nodes
+from ..runtime.groupdir import GROUP_CONFIG, GroupDir
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, plans_dot, render
 from .report import write_report
 from .run import default_run_dir, train
+from .seeds import parse_seeds, run_group
 from .tables import format_costs, format_tables
 from .xross import write_tables, xross_table
 
@@ -85,30 +87,44 @@ def _build(graph: KTGraph, trace: Trace | None = None) -> Job:
 
 def cmd_run(args: argparse.Namespace) -> int:
     files, overrides = _split_targets(args.targets)
+    _count(args.jobs, "--jobs", 1, 1024)
     if args.resume:
-        if files or overrides or args.out or args.overwrite:
+        if files or overrides or args.out or args.overwrite or args.seeds:
             raise GraphError("--resume continues a run in place with its saved config: give no graph file, "
-                             "overrides, --out or --overwrite", file="command line",
+                             "overrides, --seeds, --out or --overwrite", file="command line",
                              suggestion="ktgraph run --resume RUN_DIR")
         run_dir = Path(args.resume)
-        if not (run_dir / CONFIG).is_file():
-            raise GraphError(f"{run_dir} is not a run directory (no {CONFIG})", file=str(run_dir))
-        graph = load_graph(run_dir / CONFIG, allow_imports=args.allow_imports)
+        grouped = GroupDir(run_dir).is_group()
+        config = run_dir / (GROUP_CONFIG if grouped else CONFIG)
+        if not config.is_file():
+            raise GraphError(f"{run_dir} is not a run directory (no {CONFIG}) nor a seed group (no {GROUP_CONFIG})",
+                             file=str(run_dir))
+        graph = load_graph(config, allow_imports=args.allow_imports)
     else:
         if len(files) != 1:
             raise GraphError("ktgraph run takes one graph file", file="command line",
                              expected="ktgraph run FILE [key=value ...]")
-        graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
+        seeds = [f"train.seeds=[{','.join(map(str, parse_seeds(args.seeds)))}]"] if args.seeds else []
+        graph = load_graph(files[0], overrides + seeds, allow_imports=args.allow_imports)
+        grouped = graph.train.seeds is not None
         run_dir = Path(args.out) if args.out else default_run_dir(graph, files[0])
-    print(f"run directory: {run_dir}", file=sys.stderr)
+    if args.jobs is not None and not grouped:
+        raise GraphError("--jobs runs the seeds of a group side by side, and this is one run", file="command line",
+                         suggestion="give the seeds: --seeds 1,2,3 (or train.seeds: [1, 2, 3] in the file)")
+    print(f"{'seed group' if grouped else 'run directory'}: {run_dir}", file=sys.stderr)
     try:
-        train(graph, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress_bar=not args.no_progress,
-              argv=sys.argv)
+        if grouped:
+            run_group(graph, run_dir, resume=bool(args.resume), overwrite=args.overwrite, jobs=args.jobs or 1,
+                      progress_bar=not args.no_progress, allow_imports=args.allow_imports, argv=sys.argv)
+        else:
+            train(graph, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                  progress_bar=not args.no_progress, argv=sys.argv)
     except GraphError as err:
         raise graph.locate(err) from None
     except (KeyboardInterrupt, Terminated) as stop:
         how = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
-        if RunDir(run_dir).checkpoint.is_file():
+        resumable = GroupDir(run_dir).is_group() if grouped else RunDir(run_dir).checkpoint.is_file()
+        if resumable:
             print(f"\n{how}; continue with: ktgraph run --resume {run_dir}", file=sys.stderr)
         else:
             print(f"\n{how} before the first epoch ended: nothing to resume; run the same command again",
@@ -280,6 +296,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     run.add_argument("--overwrite", action="store_true",
                      help="train into a --out folder that holds other files, replacing the run files there")
+    run.add_argument("--seeds", metavar="S,S,...",
+                     help="a seed group: one run per seed under --out, then mean ± std over seeds "
+                          "(same as train.seeds=[...])")
+    run.add_argument("--jobs", type=int, metavar="K",
+                     help="run K seeds of the group side by side, each in its own process with cores/K threads "
+                          "unless train.threads is set (default 1: one after another, in this process)")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check graph files without training")

@@ -76,7 +76,7 @@ def check_run_dir(graph: KTGraph, run: RunDir, *, overwrite: bool = False) -> No
 
 
 def environment(graph: KTGraph, argv: list[str], device: str) -> dict[str, Any]:
-    return {"seed": graph.train.seed, "device": device, "command": argv, "python": sys.version.split()[0],
+    return {"seed": graph.train.seed, "threads": torch.get_num_threads(), "device": device, "command": argv, "python": sys.version.split()[0],
             "platform": platform.platform(), "ktgraph": version("ktgraph"), "torch": torch.__version__,
             "torchvision": version("torchvision"), "timm": version("timm"),
             "cuda": torch.version.cuda, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -91,6 +91,8 @@ def train(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrit
     unless ``overwrite``; the folder is locked while the run writes in it.
     """
     run = RunDir(run_dir)
+    if graph.train.threads is not None:  # before anything runs: the data and the modules use them too
+        torch.set_num_threads(graph.train.threads)
     if not resume:
         check_run_dir(graph, run, overwrite=overwrite)
     with contextlib.ExitStack() as held:
