@@ -1,4 +1,4 @@
-"""The ``ktgraph`` command: run, validate, plan, render, eval, pick and report.
+"""The ``ktgraph`` command: run, validate, plan, render, eval, pick, report and compare.
 
 User mistakes end with a located message and exit status 2, a failed run with status 3,
 never with a traceback. SIGTERM (how job schedulers stop a job) is handled like Ctrl-C: the
@@ -28,6 +28,7 @@ from ..runtime.measure import call_costs, node_costs, row_nodes
 from ..runtime.groupdir import GROUP_CONFIG, GroupDir
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
+from .comparison import compare
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, plans_dot, render
 from .report import write_report
@@ -217,6 +218,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    nodes = [n.strip() for n in (args.nodes or "").split(",") if n.strip()] or None
+    written = compare(args.folders, metric=args.metric, nodes=nodes, baseline=args.baseline, out=args.out,
+                      allow_mismatch=args.allow_mismatch)
+    print("wrote " + ", ".join(map(str, written.values())), file=sys.stderr)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         print(write_report(run_dir, plots=not args.no_plots))
@@ -328,6 +337,21 @@ def parser() -> argparse.ArgumentParser:
                          help=f"one of {', '.join(REGISTRIES)} (default: all)")
     listing.add_argument("pattern", nargs="?", default="*", help="a shell-style pattern, e.g. 'res*'")
     listing.set_defaults(func=cmd_list)
+
+    comparing = sub.add_parser("compare", help="compare methods: seed groups or runs side by side, mean ± std, "
+                                               "paired gain over a baseline")
+    comparing.add_argument("folders", nargs="+", metavar="RUN_OR_GROUP")
+    comparing.add_argument("--metric", choices=["top1_last", "top1_best"], default="top1_last",
+                           help="test top-1 at the last epoch (default) or at each node's best epoch")
+    comparing.add_argument("--nodes", metavar="N,N,...",
+                           help="the columns (default: every network, avg(networks), every ensemble)")
+    comparing.add_argument("--baseline", metavar="METHOD", help="the method whose paired gain the others report "
+                                                                "(its graph name, e.g. independent)")
+    comparing.add_argument("--out", help="folder for comparison.md, .csv and .svg (default: runs/compare-TIMESTAMP)")
+    comparing.add_argument("--allow-mismatch", action="store_true",
+                           help="compare runs whose data, networks or training recipe differ (a warning names "
+                                "the field)")
+    comparing.set_defaults(func=cmd_compare)
 
     report = sub.add_parser("report", help="(re)write a run directory's figures and report.md")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
