@@ -153,6 +153,8 @@ def _run_side_by_side(group: GroupDir, seeds: list[int], jobs: int, threads: int
     group (Ctrl-C, SIGTERM) stops them, and each leaves its last checkpoint to continue from."""
     (group / LOGS).mkdir(exist_ok=True)
     environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    here = str(Path(__file__).resolve().parents[2])  # the seeds run this ktgraph, whichever is installed
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
     waiting, failed = list(seeds), {}
     running: dict[int, tuple[subprocess.Popen[bytes], TextIO]] = {}
     try:
