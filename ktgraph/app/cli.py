@@ -1,4 +1,4 @@
-"""The ``ktgraph`` command: run, validate, plan, render, eval, pick, report and compare.
+"""The ``ktgraph`` command: run, validate, plan, render, eval, pick, report, compare and bench.
 
 User mistakes end with a located message and exit status 2, a failed run with status 3,
 never with a traceback. SIGTERM (how job schedulers stop a job) is handled like Ctrl-C: the
@@ -28,6 +28,7 @@ from ..runtime.measure import call_costs, node_costs, row_nodes
 from ..runtime.groupdir import GROUP_CONFIG, GroupDir
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
+from .bench import run_suite
 from .comparison import compare
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, plans_dot, render
@@ -226,6 +227,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    _count(args.jobs, "--jobs", 1, 1024)
+    try:
+        run_suite(args.suite, out=args.out, jobs=args.jobs, seeds=parse_seeds(args.seeds) if args.seeds else None,
+                  progress_bar=not args.no_progress, allow_imports=args.allow_imports)
+    except (KeyboardInterrupt, Terminated) as stop:
+        print(f"\n{'stopped by SIGTERM' if isinstance(stop, Terminated) else 'interrupted'}; continue with the same "
+              "command: finished seeds are kept, interrupted ones resume", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         print(write_report(run_dir, plots=not args.no_plots))
@@ -353,6 +366,13 @@ def parser() -> argparse.ArgumentParser:
                                 "the field)")
     comparing.set_defaults(func=cmd_compare)
 
+    bench = sub.add_parser("bench", help="run a benchmark suite: each method file as a seed group, then compare")
+    bench.add_argument("suite", metavar="SUITE", help="a suite file, e.g. graphs/suites/low-data.yaml")
+    bench.add_argument("--out", help="folder for the groups and the comparison (default: runs/bench-NAME)")
+    bench.add_argument("--jobs", type=int, default=1, metavar="K", help="seeds side by side (see run --jobs)")
+    bench.add_argument("--seeds", metavar="S,S,...", help="instead of the suite's seeds")
+    bench.set_defaults(func=cmd_bench)
+
     report = sub.add_parser("report", help="(re)write a run directory's figures and report.md")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--no-plots", action="store_true", help="write report.md only, keep existing figures")
@@ -391,9 +411,9 @@ def parser() -> argparse.ArgumentParser:
                          help="picture format (default: from the suffix of -o, else svg)")
     render_.set_defaults(func=cmd_render)
 
-    for command in (run, evaluate, pick):
+    for command in (run, evaluate, pick, bench):
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for command in (run, validate, plan, evaluate, pick, render_):
+    for command in (run, validate, plan, evaluate, pick, render_, bench):
         command.add_argument("--allow-imports", action="store_true",
                              help="allow the graph's `imports:` to run Python modules")
     return top

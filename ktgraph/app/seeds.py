@@ -95,17 +95,22 @@ def run_group(graph: KTGraph, group_dir: str | Path, *, resume: bool = False, ov
     return summary
 
 
+def group_difference(graph: KTGraph, group: GroupDir) -> str | None:
+    """How the group saved in ``group`` differs from a group of ``graph`` (seeds included), or None."""
+    saved = group.read_group_config() or {}
+    return config_difference({**trained_config(saved), "seeds": saved.get("train", {}).get("seeds")},
+                             {**trained_config(graph.document), "seeds": graph.train.seeds},
+                             here="in this graph", there=f"in {group / GROUP_CONFIG}")
+
+
 def _check_new_group(graph: KTGraph, group: GroupDir, overwrite: bool) -> None:
     if group.path.exists() and not group.path.is_dir():
         raise GraphError("the group folder is a file, not a folder", file=str(group), suggestion="give --out a folder")
     contents = group.contents()
     if overwrite or not contents:
         return
-    saved = group.read_group_config()
-    if saved is not None:
-        mine = {**trained_config(graph.document), "seeds": graph.train.seeds}
-        difference = config_difference({**trained_config(saved), "seeds": saved.get("train", {}).get("seeds")},
-                                       mine, here="in this graph", there=f"in {group / GROUP_CONFIG}")
+    if group.is_group():
+        difference = group_difference(graph, group)
         if difference is None:
             raise GraphError("the folder holds a seed group of this graph", file=str(group),
                              suggestion=f"continue it with `ktgraph run --resume {group}`, or start it again "
