@@ -9,6 +9,7 @@ interrupted ones resume from their checkpoints.
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path

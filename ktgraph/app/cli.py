@@ -28,8 +28,7 @@ from ..runtime.measure import call_costs, node_costs, row_nodes
 from ..runtime.groupdir import GROUP_CONFIG, GroupDir
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
-from .bench import run_suite
-from .comparison import compare
+from .cli_methods import add_method_commands
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, plans_dot, render
 from .report import write_report
@@ -219,26 +218,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    nodes = [n.strip() for n in (args.nodes or "").split(",") if n.strip()] or None
-    written = compare(args.folders, metric=args.metric, nodes=nodes, baseline=args.baseline, out=args.out,
-                      allow_mismatch=args.allow_mismatch)
-    print("wrote " + ", ".join(map(str, written.values())), file=sys.stderr)
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    _count(args.jobs, "--jobs", 1, 1024)
-    try:
-        run_suite(args.suite, out=args.out, jobs=args.jobs, seeds=parse_seeds(args.seeds) if args.seeds else None,
-                  progress_bar=not args.no_progress, allow_imports=args.allow_imports)
-    except (KeyboardInterrupt, Terminated) as stop:
-        print(f"\n{'stopped by SIGTERM' if isinstance(stop, Terminated) else 'interrupted'}; continue with the same "
-              "command: finished seeds are kept, interrupted ones resume", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
-    return 0
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         print(write_report(run_dir, plots=not args.no_plots))
@@ -351,27 +330,7 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("pattern", nargs="?", default="*", help="a shell-style pattern, e.g. 'res*'")
     listing.set_defaults(func=cmd_list)
 
-    comparing = sub.add_parser("compare", help="compare methods: seed groups or runs side by side, mean ± std, "
-                                               "paired gain over a baseline")
-    comparing.add_argument("folders", nargs="+", metavar="RUN_OR_GROUP")
-    comparing.add_argument("--metric", choices=["top1_last", "top1_best"], default="top1_last",
-                           help="test top-1 at the last epoch (default) or at each node's best epoch")
-    comparing.add_argument("--nodes", metavar="N,N,...",
-                           help="the columns (default: every network, avg(networks), every ensemble)")
-    comparing.add_argument("--baseline", metavar="METHOD", help="the method whose paired gain the others report "
-                                                                "(its graph name, e.g. independent)")
-    comparing.add_argument("--out", help="folder for comparison.md, .csv and .svg (default: runs/compare-TIMESTAMP)")
-    comparing.add_argument("--allow-mismatch", action="store_true",
-                           help="compare runs whose data, networks or training recipe differ (a warning names "
-                                "the field)")
-    comparing.set_defaults(func=cmd_compare)
-
-    bench = sub.add_parser("bench", help="run a benchmark suite: each method file as a seed group, then compare")
-    bench.add_argument("suite", metavar="SUITE", help="a suite file, e.g. graphs/suites/low-data.yaml")
-    bench.add_argument("--out", help="folder for the groups and the comparison (default: runs/bench-NAME)")
-    bench.add_argument("--jobs", type=int, default=1, metavar="K", help="seeds side by side (see run --jobs)")
-    bench.add_argument("--seeds", metavar="S,S,...", help="instead of the suite's seeds")
-    bench.set_defaults(func=cmd_bench)
+    add_method_commands(sub)
 
     report = sub.add_parser("report", help="(re)write a run directory's figures and report.md")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -411,9 +370,9 @@ def parser() -> argparse.ArgumentParser:
                          help="picture format (default: from the suffix of -o, else svg)")
     render_.set_defaults(func=cmd_render)
 
-    for command in (run, evaluate, pick, bench):
+    for command in (run, evaluate, pick):
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for command in (run, validate, plan, evaluate, pick, render_, bench):
+    for command in (run, validate, plan, evaluate, pick, render_):
         command.add_argument("--allow-imports", action="store_true",
                              help="allow the graph's `imports:` to run Python modules")
     return top

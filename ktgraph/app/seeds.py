@@ -29,6 +29,7 @@ from .stats import spread
 
 METRICS = ("top1_last", "top1_at_best")
 POLL_SECONDS = 0.5
+MAX_JOBS = 1024
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -68,6 +69,9 @@ def run_group(graph: KTGraph, group_dir: str | Path, *, resume: bool = False, ov
     A new group refuses a folder that holds anything unless ``overwrite``; a resumed group reads its
     own ``group.yaml``, skips finished seeds and continues interrupted ones from their checkpoints.
     """
+    if not 1 <= jobs <= MAX_JOBS:
+        raise GraphError(f"--jobs {jobs} is out of range", file="command line",
+                         expected=f"a whole number from 1 to {MAX_JOBS}")
     group = GroupDir(group_dir)
     if not resume:
         _check_new_group(graph, group, overwrite)
