@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from conftest import ROOT
-from ktgraph.app.bench import load_suite
+from ktgraph.graph.suite import load_suite
 from ktgraph.app.cli import main
 from ktgraph.graph import load_graph
 

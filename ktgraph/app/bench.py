@@ -13,67 +13,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
-
-from ..config import Strict
 from ..errors import GraphError
 from ..graph import load_graph
+from ..graph.suite import load_suite
 from ..runtime.groupdir import GROUP_CONFIG, GroupDir
-from ..settings import MAX_SEED, MAX_SEEDS
-from ..spec.base import read_text
-from ..spec.safe_yaml import YamlLimits
-from ..spec.source import parse_yaml
-from ..spec.validate import GraphErrors, convert_errors
 from .comparison import compare
 from .seeds import available_cores, group_difference, run_group, threads_per_run
 
 BENCH_JSON = "bench.json"
-
-
-class SuiteSpec(Strict):
-    """A benchmark suite: which graph files, in which regime, with which seeds, against which baseline."""
-
-    name: str
-    description: str = ""
-    methods: list[str] = Field(min_length=1)  # graph files, relative to the suite file
-    overrides: list[str] = []  # key=value, applied to every method
-    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(min_length=1, max_length=MAX_SEEDS)
-    baseline: str | None = None
-    metric: Literal["top1_last", "top1_best"] = "top1_last"
-    nodes: list[str] | None = None
-
-    @field_validator("seeds", "methods")
-    @classmethod
-    def _distinct(cls, value: list[Any]) -> list[Any]:
-        if len(set(value)) != len(value):
-            raise ValueError("an entry appears twice")
-        return value
-
-
-def load_suite(path: str | Path) -> tuple[SuiteSpec, list[Path]]:
-    """The suite and its method files, every problem located in the suite file."""
-    path = Path(path)
-    if not path.is_file():
-        raise GraphError(f"no such suite file: {path}", file=str(path),
-                         suggestion="the bundled suite is graphs/suites/low-data.yaml")
-    limits = YamlLimits.from_environment()
-    raw, source = parse_yaml(read_text(path, limits), str(path), limits)
-    if not isinstance(raw, dict):
-        raise GraphError("a suite file is a mapping", file=str(path), expected="name:, methods:, seeds: (see "
-                                                                                "graphs/suites/low-data.yaml)")
-    try:
-        suite = SuiteSpec.model_validate(raw)
-    except ValidationError as exc:
-        errors = [source.locate(e) for e in convert_errors(exc, raw)]
-        raise (errors[0] if len(errors) == 1 else GraphErrors(errors)) from None
-    files = [path.parent / name for name in suite.methods]
-    for index, file in enumerate(files):
-        if not file.is_file():
-            raise source.locate(GraphError(f"method file `{suite.methods[index]}` does not exist (looked for {file})",
-                                           where=("methods", index), expected="a graph file relative to the suite"))
-    return suite, files
 
 
 def run_suite(path: str | Path, *, out: str | Path | None = None, jobs: int = 1, seeds: list[int] | None = None,

@@ -28,12 +28,12 @@ from ..runtime.measure import call_costs, node_costs, row_nodes
 from ..runtime.groupdir import GROUP_CONFIG, GroupDir
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
-from .cli_methods import add_method_commands
+from .cli_methods import add_method_commands, add_seed_options
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, plans_dot, render
 from .report import write_report
 from .run import default_run_dir, train
-from .seeds import parse_seeds, run_group
+from .seeds import check_jobs, run_group, seeds_override
 from .tables import format_costs, format_tables
 from .xross import write_tables, xross_table
 
@@ -88,14 +88,12 @@ def _build(graph: KTGraph, trace: Trace | None = None) -> Job:
 
 def cmd_run(args: argparse.Namespace) -> int:
     files, overrides = _split_targets(args.targets)
-    _count(args.jobs, "--jobs", 1, 1024)
     if args.resume:
         if files or overrides or args.out or args.overwrite or args.seeds:
             raise GraphError("--resume continues a run in place with its saved config: give no graph file, "
                              "overrides, --seeds, --out or --overwrite", file="command line",
                              suggestion="ktgraph run --resume RUN_DIR")
-        run_dir = Path(args.resume)
-        grouped = GroupDir(run_dir).is_group()
+        run_dir, grouped = Path(args.resume), GroupDir(args.resume).is_group()
         config = run_dir / (GROUP_CONFIG if grouped else CONFIG)
         if not config.is_file():
             raise GraphError(f"{run_dir} is not a run directory (no {CONFIG}) nor a seed group (no {GROUP_CONFIG})",
@@ -105,18 +103,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if len(files) != 1:
             raise GraphError("ktgraph run takes one graph file", file="command line",
                              expected="ktgraph run FILE [key=value ...]")
-        seeds = [f"train.seeds=[{','.join(map(str, parse_seeds(args.seeds)))}]"] if args.seeds else []
-        graph = load_graph(files[0], overrides + seeds, allow_imports=args.allow_imports)
+        graph = load_graph(files[0], overrides + seeds_override(args.seeds), allow_imports=args.allow_imports)
         grouped = graph.train.seeds is not None
         run_dir = Path(args.out) if args.out else default_run_dir(graph, files[0])
-    if args.jobs is not None and not grouped:
-        raise GraphError("--jobs runs the seeds of a group side by side, and this is one run", file="command line",
-                         suggestion="give the seeds: --seeds 1,2,3 (or train.seeds: [1, 2, 3] in the file)")
+    check_jobs(args.jobs, grouped)
     print(f"{'seed group' if grouped else 'run directory'}: {run_dir}", file=sys.stderr)
     try:
         if grouped:
-            run_group(graph, run_dir, resume=bool(args.resume), overwrite=args.overwrite, jobs=args.jobs or 1,
-                      progress_bar=not args.no_progress, allow_imports=args.allow_imports, argv=sys.argv)
+            run_group(graph, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                      jobs=1 if args.jobs is None else args.jobs, progress_bar=not args.no_progress,
+                      allow_imports=args.allow_imports, argv=sys.argv)
         else:
             train(graph, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
                   progress_bar=not args.no_progress, argv=sys.argv)
@@ -125,11 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, Terminated) as stop:
         how = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
         resumable = GroupDir(run_dir).is_group() if grouped else RunDir(run_dir).checkpoint.is_file()
-        if resumable:
-            print(f"\n{how}; continue with: ktgraph run --resume {run_dir}", file=sys.stderr)
-        else:
-            print(f"\n{how} before the first epoch ended: nothing to resume; run the same command again",
-                  file=sys.stderr)
+        print(f"\n{how}; continue with: ktgraph run --resume {run_dir}" if resumable else
+              f"\n{how} before the first epoch ended: nothing to resume; run the same command again", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     return 0
 
@@ -297,12 +290,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     run.add_argument("--overwrite", action="store_true",
                      help="train into a --out folder that holds other files, replacing the run files there")
-    run.add_argument("--seeds", metavar="S,S,...",
-                     help="a seed group: one run per seed under --out, then mean ± std over seeds "
-                          "(same as train.seeds=[...])")
-    run.add_argument("--jobs", type=int, metavar="K",
-                     help="run K seeds of the group side by side, each in its own process with cores/K threads "
-                          "unless train.threads is set (default 1: one after another, in this process)")
+    add_seed_options(run)
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check graph files without training")

@@ -1,4 +1,4 @@
-"""``ktgraph compare`` and ``ktgraph bench``: the commands that put methods side by side.
+"""``ktgraph compare``, ``ktgraph bench`` and ``run --seeds``: the commands that put methods side by side.
 
 Kept apart from :mod:`ktgraph.app.cli` so that the command line of single runs stays one small
 module; :func:`add_method_commands` adds both subcommands to its parser.
@@ -25,6 +25,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run_suite(args.suite, out=args.out, jobs=args.jobs, seeds=parse_seeds(args.seeds) if args.seeds else None,
               progress_bar=not args.no_progress, allow_imports=args.allow_imports)
     return 0
+
+
+def add_seed_options(run: argparse.ArgumentParser) -> None:
+    """``run --seeds`` and ``--jobs``: a seed group, the seeds side by side."""
+    run.add_argument("--seeds", metavar="S,S,...",
+                     help="a seed group: one run per seed under --out, then mean ± std over seeds "
+                          "(same as train.seeds=[...])")
+    run.add_argument("--jobs", type=int, metavar="K",
+                     help="run K seeds of the group side by side, each in its own process with cores/K threads "
+                          "unless train.threads is set (default 1: one after another, in this process)")
 
 
 def add_method_commands(sub: argparse._SubParsersAction) -> None:

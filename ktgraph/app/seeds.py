@@ -41,6 +41,21 @@ def parse_seeds(text: str) -> list[int]:
     return [int(w) for w in words]
 
 
+def seeds_override(text: str | None) -> list[str]:
+    """``--seeds 1,2,3`` as the override ``train.seeds=[1,2,3]`` (none without the option)."""
+    return [f"train.seeds=[{','.join(map(str, parse_seeds(text)))}]"] if text else []
+
+
+def check_jobs(jobs: int | None, grouped: bool) -> None:
+    """``--jobs``: a count of seed processes, and only for a group."""
+    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+        raise GraphError(f"--jobs {jobs} is out of range", file="command line",
+                         expected=f"a whole number from 1 to {MAX_JOBS}")
+    if jobs is not None and not grouped:
+        raise GraphError("--jobs runs the seeds of a group side by side, and this is one run", file="command line",
+                         suggestion="give the seeds: --seeds 1,2,3 (or train.seeds: [1, 2, 3] in the file)")
+
+
 def available_cores() -> int:
     """The cores this process may run on (a job scheduler's CPU set, not the whole machine's)."""
     try:
@@ -69,9 +84,7 @@ def run_group(graph: KTGraph, group_dir: str | Path, *, resume: bool = False, ov
     A new group refuses a folder that holds anything unless ``overwrite``; a resumed group reads its
     own ``group.yaml``, skips finished seeds and continues interrupted ones from their checkpoints.
     """
-    if not 1 <= jobs <= MAX_JOBS:
-        raise GraphError(f"--jobs {jobs} is out of range", file="command line",
-                         expected=f"a whole number from 1 to {MAX_JOBS}")
+    check_jobs(jobs, True)
     group = GroupDir(group_dir)
     if not resume:
         _check_new_group(graph, group, overwrite)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from ..errors import GraphError, did_you_mean
 from .imports import import_user_modules
@@ -11,7 +13,9 @@ from .base import read_text, with_base
 from .safe_yaml import YamlLimits
 from .schema import GraphSpec
 from .source import Source, apply_override, parse_yaml
-from .validate import validate
+from .validate import GraphErrors, convert_errors, validate
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 @dataclass
@@ -60,3 +64,17 @@ def load_document(raw: Any, source: Source, overrides: list[str] | tuple[str, ..
             apply_override(raw, assignment, source)
         import_user_modules(raw, source, allow_imports)
     return LoadedGraph(spec=validate(raw, source), source=source, raw=raw)
+
+
+def load_model_file(path: Path, model: type[Model], *, what: str, expected: str) -> tuple[Model, Source]:
+    """Another YAML file of the language (a benchmark suite) read as safely as a graph file and
+    validated against ``model``, every problem located on its line."""
+    limits = YamlLimits.from_environment()
+    raw, source = parse_yaml(read_text(path, limits), str(path), limits)
+    if not isinstance(raw, dict):
+        raise GraphError(f"{what} is a mapping", file=str(path), expected=expected)
+    try:
+        return model.model_validate(raw), source
+    except ValidationError as exc:
+        errors = [source.locate(e) for e in convert_errors(exc, raw)]
+        raise (errors[0] if len(errors) == 1 else GraphErrors(errors)) from None
