@@ -64,6 +64,6 @@ def test_bundled_suite_holds_the_method_files_in_one_regime():
     graphs = [load_graph(f, suite.overrides) for f in files]
     assert {g.name for g in graphs} >= {"independent", "kd", "dml", "xml", "multi_xross", "okddip"}
     assert len({json.dumps([g.document["data"], g.document["train"]]) for g in graphs}) == 1
-    assert graphs[0].data.limit_train == 200 and graphs[0].train.epochs == 30
+    assert graphs[0].data.limit_train == 100 and graphs[0].train.epochs == 30
     text = (ROOT / "graphs/suites/low-data.yaml").read_text()
     assert textwrap.dedent("  - ../okddip.yaml\n") in text  # one line per method

@@ -65,7 +65,8 @@ def format_comparison(methods: list[Method], nodes: list[str], found: list[Cell]
         parts += [f"## Gain over `{baseline.label}`, paired by seed\n",
                   "Mean ± standard deviation of the per-seed difference (method − baseline, points), two-sided "
                   f"paired t-test p. {WITHIN}: smaller than the seed-to-seed spread (the larger standard deviation "
-                  "of the two methods at that node): one seed's luck can flip its sign.\n",
+                  "of the two methods at that node): two single runs with different seeds could rank the methods "
+                  "either way; the paired ± and p say whether the same seeds do.\n",
                   tabulate(gains, headers=["method", "paired seeds", *shared], tablefmt="github",
                            disable_numparse=True) + "\n"]
     notes = [f"`{AVERAGE}`: the average of a method's networks' top-1, seed by seed (not an ensemble; "
