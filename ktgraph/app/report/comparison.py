@@ -18,13 +18,16 @@ def plot_comparison(points: Sequence[Point], methods: Sequence[str], nodes: Sequ
     fig = _figure(max(6.0, 1.1 * len(nodes) + 2.5), 4.2)
     ax = fig.subplots()
     colors = _colors(list(methods))
-    width = 0.8 / max(len(methods), 1)
-    for index, method in enumerate(methods):
-        mine = [(nodes.index(node), mean, std) for name, node, mean, std in points if name == method]
+    at = {(method, node): (mean, std) for method, node, mean, std in points}
+    placed: dict[str, list[tuple[float, float, float]]] = {method: [] for method in methods}
+    for x, node in enumerate(nodes):  # the methods that have this node, side by side around its tick
+        present = [method for method in methods if (method, node) in at]
+        for index, method in enumerate(present):
+            placed[method].append((x - 0.4 + 0.8 * (index + 0.5) / len(present), *at[method, node]))
+    for method, mine in placed.items():
         if mine:
-            ax.errorbar([x - 0.4 + width * (index + 0.5) for x, _, _ in mine], [m for _, m, _ in mine],
-                        yerr=[s for _, _, s in mine], fmt="o", capsize=3, markersize=5, color=colors[method],
-                        label=method)
+            ax.errorbar([x for x, _, _ in mine], [m for _, m, _ in mine], yerr=[s for _, _, s in mine], fmt="o",
+                        capsize=3, markersize=5, color=colors[method], label=method)
     ends = [mean + sign * std for _, _, mean, std in points for sign in (-1, 1)]
     ax.set_xticks(range(len(nodes)), list(nodes), fontsize=8, rotation=30 if len(nodes) > 6 else 0)
     ax.set_ylim(*percent_limits(ends, below=0.1, above=0.1))
