@@ -105,3 +105,8 @@ def test_seeds_side_by_side_divide_the_cores(monkeypatch):
     graph = load_graph(DML)
     assert [seeds_module.threads_per_run(graph, k) for k in (1, 2, 3, 32)] == [None, 8, 5, 1]
     assert seeds_module.threads_per_run(load_graph(DML, ["train.threads=2"]), 4) == 2  # told otherwise
+
+
+def test_a_group_is_not_a_run_and_says_which_is(group, capsys):
+    assert main(["eval", str(group)]) == 2
+    assert f"it is a seed group: give one seed's run, e.g. {group / 'seed-1'}" in capsys.readouterr().err
