@@ -47,8 +47,14 @@ def run_suite(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
         resume = group.is_group()
         if resume:
             graph = load_graph(group / GROUP_CONFIG, allow_imports=allow_imports)
-        run_group(graph, group.path, resume=resume, jobs=jobs, progress_bar=progress_bar,
-                  allow_imports=allow_imports, echo=echo)
+        try:
+            run_group(graph, group.path, resume=resume, jobs=jobs, progress_bar=progress_bar,
+                      allow_imports=allow_imports, echo=echo)
+        except BaseException as stop:
+            if not isinstance(stop, Exception):  # Ctrl-C or SIGTERM: the finished seeds stay
+                print("\nthe same command continues the suite: finished seeds are kept, interrupted ones resume",
+                      file=sys.stderr)
+            raise
         seconds[file.stem] = round(time.monotonic() - began, 1)
     written = compare([str(g) for g in groups], metric=suite.metric, nodes=suite.nodes, baseline=suite.baseline,
                       out=folder, echo=echo)

@@ -24,8 +24,8 @@ from ..kinds import ADAPTERS, AGGREGATORS, GATES, LINKS
 from ..registry import Registry
 from ..runtime import Job, RunDir, prepare
 from ..runtime.checkpoint import write_error
-from ..runtime.measure import call_costs, node_costs, row_nodes
 from ..runtime.groupdir import GROUP_CONFIG, GroupDir
+from ..runtime.measure import call_costs, node_costs, row_nodes
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
 from .cli_methods import add_method_commands, add_seed_options

@@ -22,6 +22,12 @@ from .report.comparison import plot_comparison
 
 MARKDOWN, CSV, PLOT = "comparison.md", "comparison.csv", "comparison.svg"
 WITHIN = "≈"
+GAIN_NOTE = ("Mean ± standard deviation of the per-seed difference (method − baseline, points), two-sided paired "
+             f"t-test p. {WITHIN}: smaller than the seed-to-seed spread (the larger standard deviation of the two "
+             "methods at that node): two single runs with different seeds could rank the methods either way; the "
+             "paired ± and p say whether the same seeds do.\n")
+AVERAGE_NOTE = (f"`{AVERAGE}`: the average of a method's networks' top-1, seed by seed (not an ensemble; "
+                "`mean(networks)` is the ensemble of their mean logits).")
 CSV_COLUMNS = ("method", "folder", "node", "metric", "n", "seeds", "mean", "std", "values", "baseline",
                "gain_mean", "gain_std", "gain_ci95_low", "gain_ci95_high", "gain_p", "gain_seeds", "within_spread")
 
@@ -62,15 +68,10 @@ def format_comparison(methods: list[Method], nodes: list[str], found: list[Cell]
         shared = [n for n in nodes if any(at[m.label, n].gain for m in methods)]
         gains = [[m.label, ", ".join(map(str, sorted(set(m.summaries) & set(baseline.summaries)))),
                   *[_gain_text(at[m.label, n]) for n in shared]] for m in methods if m is not baseline]
-        parts += [f"## Gain over `{baseline.label}`, paired by seed\n",
-                  "Mean ± standard deviation of the per-seed difference (method − baseline, points), two-sided "
-                  f"paired t-test p. {WITHIN}: smaller than the seed-to-seed spread (the larger standard deviation "
-                  "of the two methods at that node): two single runs with different seeds could rank the methods "
-                  "either way; the paired ± and p say whether the same seeds do.\n",
+        parts += [f"## Gain over `{baseline.label}`, paired by seed\n", GAIN_NOTE,
                   tabulate(gains, headers=["method", "paired seeds", *shared], tablefmt="github",
                            disable_numparse=True) + "\n"]
-    notes = [f"`{AVERAGE}`: the average of a method's networks' top-1, seed by seed (not an ensemble; "
-             "`mean(networks)` is the ensemble of their mean logits)."]
+    notes = [AVERAGE_NOTE]
     notes += [f"`{m.label}`: {m.source}, seeds {', '.join(map(str, sorted(m.summaries)))}"
               + (f" (unfinished, left out: {', '.join(map(str, m.unfinished))})" if m.unfinished else "")
               for m in methods]

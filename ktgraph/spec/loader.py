@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..errors import GraphError, did_you_mean
-from .imports import import_user_modules
 from .base import read_text, with_base
+from .imports import import_user_modules
 from .safe_yaml import YamlLimits
 from .schema import GraphSpec
 from .source import Source, apply_override, parse_yaml
