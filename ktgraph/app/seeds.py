@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
 from tabulate import tabulate
 
 from ..errors import GraphError, TrainingError
@@ -155,7 +156,11 @@ def _run_here(group: GroupDir, seed: int, threads: int | None, *, progress_bar: 
     echo(f"seed {seed}: {'continuing ' if resume else ''}{run}")
     graph = (load_graph(run / CONFIG, allow_imports=allow_imports) if resume else
              load_graph(group / GROUP_CONFIG, seed_overrides(seed, threads), allow_imports=allow_imports))
-    train(graph, run.path, resume=resume, progress_bar=progress_bar, argv=argv, echo=echo)
+    before = torch.get_num_threads()
+    try:
+        train(graph, run.path, resume=resume, progress_bar=progress_bar, argv=argv, echo=echo)
+    finally:  # a seed's train.threads is its own: the next seed starts from this process's count
+        torch.set_num_threads(before)
 
 
 def seed_command(group: GroupDir, seed: int, threads: int | None, allow_imports: bool) -> list[str]:
