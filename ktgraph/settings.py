@@ -16,6 +16,8 @@ from .data import DATASETS
 MAX_IMAGE_SIZE = 4096
 MAX_BATCH = 65536
 MAX_SEED = 2**32 - 1  # torch seeds any 64-bit number; per-epoch seeds are derived from this one
+MAX_SEEDS = 1000
+MAX_THREADS = 4096
 
 
 def _dataset_name(name: str) -> str:
@@ -104,6 +106,9 @@ class TrainSettings(Strict):
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)
     eval_batch_size: int = Field(256, gt=0, le=MAX_BATCH)
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    # A seed group: one run per seed (train.seed set to each), summarised as mean ± std (app/seeds.py).
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(None, min_length=1, max_length=MAX_SEEDS)
+    threads: int | None = Field(None, gt=0, le=MAX_THREADS)  # intra-op threads; None: torch's choice
     keep_checkpoints: int = Field(1, ge=1, le=1000)  # epochs whose checkpoint is kept (1: checkpoints/last.pt only)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["off", "bf16", "fp16"] = "off"
@@ -123,6 +128,13 @@ class TrainSettings(Strict):
         if self.dtype == "float64" and self.amp != "off":
             raise ValueError("`amp` mixes float16 into float32 training; with `dtype: float64` set amp: off")
         return self
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("`seeds` names a seed twice; a seed group runs each seed once")
+        return value
 
     @field_validator("amp", mode="before")
     @classmethod

@@ -362,6 +362,7 @@ def test_billion_laughs_fails_fast(capsys) -> None:
 def test_file_size_limit_and_its_override(tmp_path: Path, capsys, monkeypatch) -> None:
     graph = tmp_path / "big.yaml"
     graph.write_text(Path(DML).read_text() + "# padding\n" * 120_000)
+    shutil.copytree(Path(DML).parent / "recipes", tmp_path / "recipes")  # the file's `base:`
     code, output = cli(capsys, "validate", "--no-build", str(graph))
     assert code == 2 and "over the limit of 1,000,000 bytes" in output and SIZE_VARIABLE in output
     monkeypatch.setenv(SIZE_VARIABLE, "2000000")

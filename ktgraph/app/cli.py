@@ -1,4 +1,4 @@
-"""The ``ktgraph`` command: run, validate, plan, render, eval, pick and report.
+"""The ``ktgraph`` command: run, validate, plan, render, eval, pick, report, compare and bench.
 
 User mistakes end with a located message and exit status 2, a failed run with status 3,
 never with a traceback. SIGTERM (how job schedulers stop a job) is handled like Ctrl-C: the
@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..compile import Plan
@@ -25,105 +23,25 @@ from ..registry import Registry
 from ..runtime import Job, RunDir, prepare
 from ..runtime.checkpoint import write_error
 from ..runtime.measure import call_costs, node_costs, row_nodes
-from ..runtime.strategy import from_environment
-from ..runtime.rundir import CONFIG, XROSS_CSV
+from ..runtime.rundir import XROSS_CSV
 from ..zoo import MODELS
+from .cli_base import (EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_TERMINATED, EXIT_USER_ERROR, Terminated,
+                       sigterm_raises, split_targets)
+from .cli_methods import add_method_commands, add_seed_options
+from .cli_run import cmd_run
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, matrix_dot, plans_dot, render
 from .report import write_report
-from .run import default_run_dir, train
 from .tables import format_costs, format_tables
 from .xross import write_tables, xross_table
-
-EXIT_USER_ERROR = 2
-EXIT_RUN_FAILED = 3
-EXIT_INTERRUPTED = 130  # 128 + SIGINT
-EXIT_TERMINATED = 143  # 128 + SIGTERM
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised where the program is (as Ctrl-C raises KeyboardInterrupt), so cleanups run."""
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` while the command runs; the previous handler is restored."""
-    owner = os.getpid()
-
-    def stop(signum: int, frame: object) -> None:
-        if os.getpid() != owner:  # a DataLoader worker forked from this process: end quietly
-            os._exit(EXIT_TERMINATED)
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except (ValueError, AttributeError):  # not the main thread, or no SIGTERM on this platform
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _is_file(word: str) -> bool:
-    try:
-        return Path(word).exists()
-    except OSError:  # a name too long to be a file, say
-        return False
-
-
-def _split_targets(items: list[str]) -> tuple[list[str], list[str]]:
-    """Positional words with ``=`` are overrides; the others are files."""
-    overrides = [i for i in items if "=" in i and not _is_file(i)]
-    return [i for i in items if i not in overrides], overrides
-
 
 def _build(graph: KTGraph, trace: Trace | None = None) -> Job:
     """Modules and program without the data: shapes, adapters and regressors fixed, every plan dry-run."""
     return prepare(graph, with_data=False, device="cpu", trace=trace)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    files, overrides = _split_targets(args.targets)
-    if args.resume:
-        if files or overrides or args.out or args.overwrite:
-            raise GraphError("--resume continues a run in place with its saved config: give no graph file, "
-                             "overrides, --out or --overwrite", file="command line",
-                             suggestion="ktgraph run --resume RUN_DIR")
-        run_dir = Path(args.resume)
-        if not (run_dir / CONFIG).is_file():
-            raise GraphError(f"{run_dir} is not a run directory (no {CONFIG})", file=str(run_dir))
-        graph = load_graph(run_dir / CONFIG, allow_imports=args.allow_imports)
-    else:
-        if len(files) != 1:
-            raise GraphError("ktgraph run takes one graph file", file="command line",
-                             expected="ktgraph run FILE [key=value ...]")
-        graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
-        run_dir = Path(args.out) if args.out else default_run_dir(graph, files[0])
-    try:
-        strategy = from_environment(graph.train.device)  # under torchrun: this rank; rank 0 alone prints
-        run_dir = Path(strategy.broadcast_object(str(run_dir)))  # rank 0's folder (the time in its name) on all
-        if strategy.is_main:
-            print(f"run directory: {run_dir}" + (f" ({strategy.world} processes)" if strategy.world > 1 else ""),
-                  file=sys.stderr)
-        train(graph, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress_bar=not args.no_progress,
-              argv=sys.argv, strategy=strategy, echo=print if strategy.is_main else lambda text: None)
-    except GraphError as err:
-        raise graph.locate(err) from None
-    except (KeyboardInterrupt, Terminated) as stop:
-        how = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
-        if RunDir(run_dir).checkpoint.is_file():
-            print(f"\n{how}; continue with: ktgraph run --resume {run_dir}", file=sys.stderr)
-        else:
-            print(f"\n{how} before the first epoch ended: nothing to resume; run the same command again",
-                  file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
-    return 0
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    files, overrides = _split_targets(args.targets)
+    files, overrides = split_targets(args.targets)
     if not files:
         raise GraphError("give at least one graph file", file="command line",
                          expected="ktgraph validate FILE [FILE ...]")
@@ -155,7 +73,7 @@ def titled_plans(job: Job, title: str, *, eval_plan: bool = False) -> list[tuple
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    files, overrides = _split_targets(args.targets)
+    files, overrides = split_targets(args.targets)
     if len(files) != 1:
         raise GraphError("ktgraph plan takes one graph file", file="command line",
                          expected="ktgraph plan FILE [key=value ...]")
@@ -249,7 +167,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    files, overrides = _split_targets(args.targets)
+    files, overrides = split_targets(args.targets)
     if len(files) != 1:
         raise GraphError("ktgraph render takes one graph file", file="command line",
                          expected="ktgraph render FILE [key=value ...] [-o OUT] [--plan] [--format svg|dot]")
@@ -290,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     run.add_argument("--overwrite", action="store_true",
                      help="train into a --out folder that holds other files, replacing the run files there")
+    add_seed_options(run)
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check graph files without training")
@@ -316,6 +235,8 @@ def parser() -> argparse.ArgumentParser:
                          help=f"one of {', '.join(REGISTRIES)} (default: all)")
     listing.add_argument("pattern", nargs="?", default="*", help="a shell-style pattern, e.g. 'res*'")
     listing.set_defaults(func=cmd_list)
+
+    add_method_commands(sub)
 
     report = sub.add_parser("report", help="(re)write a run directory's figures and report.md")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

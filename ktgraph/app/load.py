@@ -10,6 +10,7 @@ from ..errors import GraphError, TrainingError
 from ..graph import KTGraph, load_graph
 from ..runtime import Job, RunDir, prepare, resolve_device
 from ..runtime.checkpoint import upgrade_state
+from ..runtime.groupdir import SEED_PREFIX, GroupDir
 
 
 @dataclass
@@ -28,7 +29,10 @@ def open_run(run_dir: str | Path, *, allow_imports: bool = False) -> tuple[RunDi
         raise GraphError(f"run directory {run} does not exist", file=str(run),
                          suggestion="give the folder `ktgraph run --out` wrote")
     if not run.is_run():
-        raise GraphError(f"{run} is not a run directory (no config.yaml)", file=str(run))
+        seeds = sorted(p.name for p in run.path.glob(f"{SEED_PREFIX}*")) if GroupDir(run.path).is_group() else []
+        raise GraphError(f"{run} is not a run directory (no config.yaml)", file=str(run),
+                         suggestion=f"it is a seed group: give one seed's run, e.g. {run.path / seeds[0]}"
+                         if seeds else "")
     return run, load_graph(run / "config.yaml", allow_imports=allow_imports)
 
 

@@ -85,8 +85,8 @@ def check_run_dir(graph: KTGraph, run: RunDir, *, overwrite: bool = False) -> No
 
 
 def environment(graph: KTGraph, argv: list[str], device: str, processes: int = 1) -> dict[str, Any]:
-    return {"seed": graph.train.seed, "device": device, "processes": processes, "command": argv,
-            "python": sys.version.split()[0],
+    return {"seed": graph.train.seed, "threads": torch.get_num_threads(), "device": device, "processes": processes,
+            "command": argv, "python": sys.version.split()[0],
             "platform": platform.platform(), "ktgraph": version("ktgraph"), "torch": torch.__version__,
             "torchvision": version("torchvision"), "timm": version("timm"),
             "cuda": torch.version.cuda, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -117,6 +117,9 @@ def fit(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite:
     strategy = strategy if strategy is not None else from_environment(graph.train.device)
     run = RunDir(run_dir)
     strategy.resume_command = f"ktgraph run --resume {run.path}"
+    threads = strategy.threads(graph.train.threads)
+    if threads is not None:  # before anything runs: the data and the modules use them too
+        torch.set_num_threads(threads)
     with contextlib.ExitStack() as held:
         if not resume:
             _on_main(strategy, lambda: check_run_dir(graph, run, overwrite=overwrite))
@@ -186,6 +189,18 @@ def train(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrit
         echo(f"stopped: {fitted.stopped}; continue with: ktgraph run --resume {run_dir}")
         return None
     return finish(fitted, progress_bar=progress_bar, echo=echo) if strategy.is_main else None
+
+
+def run_one(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+            progress_bar: bool = True) -> dict[str, Any] | None:
+    """``ktgraph run`` of one graph: on this process, or as one rank of a torchrun job (rank 0 prints)."""
+    strategy = from_environment(graph.train.device)
+    run_dir = strategy.broadcast_object(str(run_dir))  # rank 0's folder (the time in its name) on every rank
+    if strategy.is_main:
+        print(f"run directory: {run_dir}" + (f" ({strategy.world} processes)" if strategy.world > 1 else ""),
+              file=sys.stderr)
+    return train(graph, run_dir, resume=resume, overwrite=overwrite, progress_bar=progress_bar, argv=sys.argv,
+                 strategy=strategy, echo=print if strategy.is_main else lambda text: None)
 
 
 def _on_main(strategy: Local, action: Callable[[], object]) -> None:

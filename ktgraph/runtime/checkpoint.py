@@ -30,7 +30,8 @@ RESUME_KEYS: dict[str, type] = {"model": dict, "optimizer": dict, "scheduler": d
 # Fields of a resolved config that change where or how fast a run trains, not what it learns.
 UNTRAINED_FIELDS = (("name",), ("description",), ("data", "root"), ("data", "num_workers"), ("train", "device"),
                     ("train", "eval_batch_size"), ("train", "tensorboard"), ("train", "keep_checkpoints"),
-                    ("train", "batching"), ("train", "compile"), ("train", "calibrate"))
+                    ("train", "batching"), ("train", "compile"), ("train", "calibrate"), ("train", "threads"),
+                    ("train", "seeds"))
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:

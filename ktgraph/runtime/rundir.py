@@ -92,7 +92,11 @@ class RunDir:
 
     def remove_run_files(self) -> None:
         """Delete what a run writes (``RUN_FILES``), for ``--overwrite``; other files stay."""
-        for pattern in RUN_FILES:
+        self.remove_matching(RUN_FILES)
+
+    def remove_matching(self, patterns: tuple[str, ...]) -> None:
+        """Delete the files and folders the glob ``patterns`` match here."""
+        for pattern in patterns:
             for path in self.path.glob(pattern):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)

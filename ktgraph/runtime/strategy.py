@@ -86,6 +86,10 @@ class Local:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, world={self.world}, device={self.device})"
 
+    def threads(self, asked: int | None) -> int | None:
+        """The intra-op threads this process takes: ``train.threads`` when set, else torch's choice (None)."""
+        return asked
+
     def batches(self, dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                 drop_last: bool = False, augment_seed: int | None = None) -> ShardedBatches:
         return ShardedBatches(len(dataset), batch_size, rank=self.rank, world=self.world, shuffle=shuffle,
@@ -141,6 +145,13 @@ class Distributed(Local):
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.is_main = self.rank == 0
+        self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))  # processes on this machine
+
+    def threads(self, asked: int | None) -> int | None:
+        """CPU ranks on one machine divide its cores, unless ``train.threads`` says otherwise."""
+        if asked is not None or self.device is None or self.device.type != "cpu":
+            return asked
+        return max(1, available_cores() // self.local_world)
 
     def reduce_gradients(self, params: Sequence[nn.Parameter]) -> None:
         """One bucket: every parameter's gradient (zeros where it has none) and whether it has one."""
@@ -216,6 +227,14 @@ def lost_rank(rank: int, err: BaseException, resume: str) -> TrainingError:
     first = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
     return TrainingError(f"rank {rank}: another process of the job stopped or cannot be reached ({first[:160]}); "
                          f"the whole job stops. Its last checkpoint is intact: continue under torchrun with `{resume}`")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a job scheduler's CPU set, not the whole machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def launched() -> bool:

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from ..errors import GraphError, did_you_mean
+from .base import read_text, with_base
 from .imports import import_user_modules
-from .safe_yaml import YamlLimits, too_large
+from .safe_yaml import YamlLimits
 from .schema import GraphSpec
 from .source import Source, apply_override, parse_yaml
-from .validate import validate
+from .validate import GraphErrors, convert_errors, validate
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 @dataclass
@@ -26,6 +31,8 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
               allow_imports: bool = False) -> LoadedGraph:
     """Read, override and validate a graph file (references are checked by ``build_graph``).
 
+    A ``base:`` file's sections come first, under the file's own (:mod:`ktgraph.spec.base`).
+
     Its ``imports:`` run first when ``allow_imports`` is true (else they are an error), so what
     they register is part of the schema the file is checked against.
     """
@@ -40,19 +47,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
                          suggestion=did_you_mean(path.name, [p.name for p in path.parent.glob("*.y*ml")])
                          if path.parent.is_dir() else "")
     limits = YamlLimits.from_environment()
-    try:
-        size = path.stat().st_size
-        if size > limits.max_bytes:  # said before reading it
-            raise too_large(size, str(path), limits)
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        data = path.read_bytes()
-        line = data[: err.start].count(b"\n") + 1
-        raise GraphError(f"the file is not UTF-8 text (byte {data[err.start]:#04x})", file=str(path), line=line,
-                         suggestion="save the graph file as UTF-8") from None
-    except OSError as err:
-        raise GraphError(f"cannot read the graph file: {err.strerror or err}", file=str(path)) from None
+    text = read_text(path, limits)
     raw, source = parse_yaml(text, str(path), limits)
+    raw = with_base(raw, source, limits)
     if raw is None:
         raise GraphError("the graph file is empty", file=str(path),
                          expected="at least `networks:` and `links:` sections (see graphs/*.yaml)")
@@ -67,3 +64,17 @@ def load_document(raw: Any, source: Source, overrides: list[str] | tuple[str, ..
             apply_override(raw, assignment, source)
         import_user_modules(raw, source, allow_imports)
     return LoadedGraph(spec=validate(raw, source), source=source, raw=raw)
+
+
+def load_model_file(path: Path, model: type[Model], *, what: str, expected: str) -> tuple[Model, Source]:
+    """Another YAML file of the language (a benchmark suite) read as safely as a graph file and
+    validated against ``model``, every problem located on its line."""
+    limits = YamlLimits.from_environment()
+    raw, source = parse_yaml(read_text(path, limits), str(path), limits)
+    if not isinstance(raw, dict):
+        raise GraphError(f"{what} is a mapping", file=str(path), expected=expected)
+    try:
+        return model.model_validate(raw), source
+    except ValidationError as exc:
+        errors = [source.locate(e) for e in convert_errors(exc, raw)]
+        raise (errors[0] if len(errors) == 1 else GraphErrors(errors)) from None

@@ -20,11 +20,13 @@ Loc = tuple[str | int, ...]
 
 @dataclass
 class Source:
-    """Where each field of a document came from: file lines, or a command-line override."""
+    """Where each field of a document came from: file lines, a ``base:`` file's lines, or a
+    command-line override."""
 
     file: str
     lines: dict[Loc, tuple[int, int]] = field(default_factory=dict)
     overrides: dict[Loc, str] = field(default_factory=dict)
+    bases: list[Source] = field(default_factory=list)
 
     def locate(self, err: GraphError) -> GraphError:
         """Fill the file/line of ``err`` from its field path (the nearest known ancestor)."""
@@ -36,10 +38,11 @@ class Source:
             if prefix in self.overrides:
                 err.file = f"command-line override `{self.overrides[prefix]}`"
                 return err
-            if prefix in self.lines:
-                err.file = self.file
-                err.line, err.column = self.lines[prefix]
-                return err
+            for origin in (self, *self.bases):  # the file's own line first: its values win
+                if prefix in origin.lines:
+                    err.file = origin.file
+                    err.line, err.column = origin.lines[prefix]
+                    return err
         err.file = self.file
         return err
 
