@@ -59,9 +59,10 @@ class EpochTimer(Callback):
 
 
 def overrides(args: argparse.Namespace, epochs: int) -> list[str]:
+    threads = [f"train.threads={args.threads}"] if args.threads else []  # the same for both strategies
     return [f"train.epochs={epochs}", f"train.device={args.device}", f"train.batch_size={args.batch_size}",
             f"data.limit_train={args.limit_train}", "train.calibrate=false", "data.limit_test=64",
-            *args.override]
+            *threads, *args.override]
 
 
 def timed_epochs(args: argparse.Namespace, strategy: Local, out: Path) -> list[float]:

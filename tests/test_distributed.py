@@ -23,6 +23,7 @@ import torch
 from ktgraph.app.run import train
 from ktgraph.graph import load_graph
 from ktgraph.runtime import RunDir
+from ktgraph.runtime.strategy import available_cores
 
 from conftest import ROOT
 
@@ -106,7 +107,8 @@ def test_torchrun_xml_equals_one_process(distributed_xml: Path, single: dict[str
     assert_same_training(distributed_xml, single["xml"])
     assert len(RunDir(distributed_xml).read_metrics()) == 2  # one writer: one line per epoch
     assert sorted(p.name for p in distributed_xml.iterdir()) == sorted(p.name for p in single["xml"].iterdir())
-    assert json.loads((distributed_xml / "env.json").read_text())["processes"] == 2
+    env = json.loads((distributed_xml / "env.json").read_text())
+    assert env["processes"] == 2 and env["threads"] == max(1, available_cores() // 2)  # the ranks divide the cores
     assert json.loads((distributed_xml / "status.json").read_text())["state"] == "trained"
 
 

@@ -97,7 +97,7 @@ class Local:
 
     def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                num_workers: int = 0, drop_last: bool = False, augment_seed: int | None = None) -> DataLoader:
-        """This rank's batches of ``dataset`` (all of each batch on one process)."""
+        """This process's shard of every batch of ``dataset`` (the whole batch when it is alone)."""
         sampler = self.batches(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                augment_seed=augment_seed)
         return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
