@@ -12,8 +12,7 @@ from ktgraph.app.run import check_run_dir, finish, fit, train
 from ktgraph.errors import GraphError
 from ktgraph.graph import load_graph
 from ktgraph.runtime import RunDir
-from ktgraph.runtime.events import (AfterBackward, AfterEvaluation, BeforeCheckpoint, Callback, EpochEnd, EpochStart,
-                                    RunEnd, RunStart, StageStart, StopRun)
+from ktgraph.runtime.events import EVENTS, AfterBackward, AfterEvaluation, BeforeCheckpoint, Callback, StopRun
 from ktgraph.runtime.strategy import ShardedBatches
 
 from conftest import ROOT
@@ -24,37 +23,19 @@ QUICK = ["data.limit_train=64", "data.limit_test=32", "data.image_size=16", "tra
 
 
 class Recorder(Callback):
-    """Every event, in order, with its record."""
+    """Every event, in order, with its record; checks what must hold at the moment an event is emitted."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, object]] = []
+        for name in EVENTS:
+            setattr(self, name, lambda event, name=name: self._record(name, event))
 
-    def on_run_start(self, event: RunStart) -> None:
-        self.seen.append(("on_run_start", event))
-
-    def on_stage_start(self, event: StageStart) -> None:
-        self.seen.append(("on_stage_start", event))
-
-    def on_epoch_start(self, event: EpochStart) -> None:
-        self.seen.append(("on_epoch_start", event))
-
-    def after_backward(self, event: AfterBackward) -> None:
-        grads = [p.grad for p in event.modules.parameters() if p.requires_grad]
-        assert all(g is not None for g in grads)  # the gradients are there, the step not taken yet
-        self.seen.append(("after_backward", event))
-
-    def on_epoch_end(self, event: EpochEnd) -> None:
-        self.seen.append(("on_epoch_end", event))
-
-    def after_evaluation(self, event: AfterEvaluation) -> None:
-        self.seen.append(("after_evaluation", event))
-
-    def before_checkpoint(self, event: BeforeCheckpoint) -> None:
-        event.payload["recorder"] = len(self.seen)
-        self.seen.append(("before_checkpoint", event))
-
-    def on_run_end(self, event: RunEnd) -> None:
-        self.seen.append(("on_run_end", event))
+    def _record(self, name: str, event: object) -> None:
+        if isinstance(event, AfterBackward):  # the gradients are there, the step not taken yet
+            assert all(p.grad is not None for p in event.modules.parameters() if p.requires_grad)
+        if isinstance(event, BeforeCheckpoint):
+            event.payload["recorder"] = len(self.seen)
+        self.seen.append((name, event))
 
 
 class StopAfter(Callback):
