@@ -81,6 +81,21 @@ class Path:
 
 
 @dataclass(frozen=True)
+class Mapping:
+    """A cross's channel mapping: every network after the first is matched to the first at ``parts``
+    (the cuts' part names), before the first stage whose training computes one of ``paths``."""
+
+    networks: tuple[str, ...]
+    parts: tuple[str, ...]
+    paths: tuple[str, ...]
+    method: str
+    score: str
+    batches: int
+    split: str
+    where: Where = ()
+
+
+@dataclass(frozen=True)
 class Aggregator:
     name: str
     unit: AggregatorKind
@@ -155,6 +170,7 @@ class KTGraph:
     train: TrainSettings
     document: dict[str, Any]
     source: Any = None
+    mappings: list[Mapping] = field(default_factory=list)
 
     def locate(self, err: GraphError) -> GraphError:
         """``err`` with the file and line of its field, when the graph came from a file."""

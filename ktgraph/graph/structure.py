@@ -4,9 +4,9 @@ from __future__ import annotations
 import itertools
 
 from ..errors import GraphError, unknown_name
-from ..spec.schema import GraphSpec
+from ..spec.schema import GraphSpec, MappingSpec
 from .ids import SegmentId
-from .records import Network, Path, Where
+from .records import Mapping, Network, Path, Where
 
 
 class Structure:
@@ -18,6 +18,7 @@ class Structure:
         self.paths: dict[str, Path] = {}
         self.aliases: dict[str, str] = {}
         self.segment_ids: dict[str, SegmentId] = {}
+        self.mappings: list[Mapping] = []
 
     def networks_(self) -> None:
         for name, spec in self.spec.networks.items():
@@ -99,9 +100,28 @@ class Structure:
                                      where=where + ("cut", ci), expected="one of: " + ", ".join(parts[:-1]),
                                      suggestion=f"write `cut: {parts[module_cuts.index(cut)]}` (the part that "
                                                 f"ends at `{cut}`)")
+            names = []
             for combo in _combinations(cross.kind, cross.networks, list(parts), cross.cut, where):
                 segments = tuple(SegmentId(net, part) for net, part in zip(combo, parts))
-                self.add_path(Path("-".join(combo), segments, cross.adapter, where))
+                names.append("-".join(combo))
+                self.add_path(Path(names[-1], segments, cross.adapter, where))
+            if cross.mapping is not None:
+                if cross.mapping.split == "val" and self.spec.data.val_split == 0:
+                    raise GraphError("mapping.split is `val` but the data has no validation split",
+                                     where=where + ("mapping", "split"),
+                                     suggestion="set data.val_split (e.g. 0.1), or map on split: train")
+                self.mappings.append(_mapping(cross.mapping, cross.networks, cross.cut or list(parts[:-1]),
+                                              tuple(names), where + ("mapping",)))
+
+
+def _mapping(spec: MappingSpec, networks: list[str], cuts: list[str], paths: tuple[str, ...],
+             where: Where) -> Mapping:
+    """The record of a cross's ``mapping:``; its cuts must be cuts of the cross."""
+    for ci, cut in enumerate(spec.cut or []):
+        if cut not in cuts:
+            raise unknown_name("cut of this cross", cut, cuts, where + ("cut", ci))
+    return Mapping(tuple(networks), tuple(spec.cut or cuts), paths, spec.method, spec.score, spec.batches,
+                   spec.split, where)
 
 
 def _combinations(kind: str, nets: list[str], parts: list[str], cuts: list[str] | None,

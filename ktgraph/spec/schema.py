@@ -56,18 +56,28 @@ class PathSpec(Strict):
         return {"segments": data} if isinstance(data, list) else data
 
 
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class MappingSpec(Strict):
+    """Match the crossed networks' channels at the cuts before their paths train (``ktgraph.zoo.matching``)."""
+
+    method: Literal["hungarian", "stable", "none"] = "hungarian"
+    score: Literal["correlation", "cosine", "l2"] = "correlation"
+    batches: int = Field(8, gt=0)
+    split: Literal["train", "val"] = "train"
+    cut: Annotated[list[str] | None, BeforeValidator(_one_or_many)] = None  # default: every cut of the cross
+
+
 class CrossSpec(Strict):
     """Generates cross paths: ``xml`` swaps network at a cut, ``all`` makes all K^P paths."""
 
     kind: Literal["xml", "all"]
     networks: list[Name] = Field(min_length=2)
-    cut: list[str] | None = None
+    cut: Annotated[list[str] | None, BeforeValidator(_one_or_many)] = None
     adapter: AdapterChoice = AUTO
-
-    @field_validator("cut", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    mapping: MappingSpec | None = None
 
 
 class StageSpec(Strict):
