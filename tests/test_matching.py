@@ -84,6 +84,8 @@ def test_least_squares_equals_lstsq_for_different_widths() -> None:
     solution = torch.linalg.lstsq(ones, b).solution
     torch.testing.assert_close(weight, solution[:6].T)
     torch.testing.assert_close(bias, solution[6])
+    back, _ = least_squares(_moments(b, a), reverse=True)
+    torch.testing.assert_close(back, weight)
 
 
 def test_linear_cka_equals_its_kernel_definition() -> None:

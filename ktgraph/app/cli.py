@@ -1,4 +1,4 @@
-"""The ``ktgraph`` command: run, validate, plan, render, eval, pick and report.
+"""The ``ktgraph`` command: run, validate, plan, render, map, eval, pick and report.
 
 User mistakes end with a located message and exit status 2, a failed run with status 3,
 never with a traceback. SIGTERM (how job schedulers stop a job) is handled like Ctrl-C: the
@@ -28,6 +28,7 @@ from ..runtime.measure import call_costs, node_costs, row_nodes
 from ..runtime.strategy import from_environment
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
+from .mapping import describe, map_graph, write_mapping
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, matrix_dot, plans_dot, render
 from .report import write_report
@@ -254,6 +255,19 @@ def cmd_pick(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    files, overrides = _split_targets(args.targets)
+    if len(files) != 1:
+        raise GraphError("ktgraph map takes one graph file", file="command line",
+                         expected="ktgraph map FILE [key=value ...] [--cut PART] [--out DIR]")
+    graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
+    records = map_graph(graph, cut=args.cut)
+    print("\n".join(describe(r) for r in records))
+    if args.out:
+        print("wrote " + ", ".join(map(str, write_mapping(records, args.out))), file=sys.stderr)
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     files, overrides = _split_targets(args.targets)
     if len(files) != 1:
@@ -351,6 +365,13 @@ def parser() -> argparse.ArgumentParser:
     pick.add_argument("-o", "--output", metavar="OUT", help="output file (default: RUN_DIR/picked-NODE.pt2)")
     pick.set_defaults(func=cmd_pick)
 
+    map_ = sub.add_parser("map", help="match the channels of a cross's networks (its `mapping:`) without training: "
+                                      "matching scores, assignment, heatmaps")
+    map_.add_argument("targets", nargs="+", metavar="FILE | key=value")
+    map_.add_argument("--cut", metavar="PART", help="only this cut (a part name)")
+    map_.add_argument("--out", metavar="DIR", help="write mapping.json and the score heatmaps (SVG) here")
+    map_.set_defaults(func=cmd_map)
+
     render_ = sub.add_parser("render", help="draw a graph file (or its plan) as SVG or DOT")
     render_.add_argument("targets", nargs="+", metavar="FILE | key=value")
     render_.add_argument("-o", "--out", metavar="OUT",
@@ -365,7 +386,7 @@ def parser() -> argparse.ArgumentParser:
 
     for command in (run, evaluate, pick):
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for command in (run, validate, plan, evaluate, pick, render_):
+    for command in (run, validate, plan, evaluate, pick, map_, render_):
         command.add_argument("--allow-imports", action="store_true",
                              help="allow the graph's `imports:` to run Python modules")
     return top

@@ -50,11 +50,13 @@ CURVES = "curves.svg"
 HEATMAP = "xross_heatmap.svg"
 PARETO = "pareto.svg"
 TENSORBOARD = "tensorboard"
+MAPPING_JSON = "mapping.json"  # the channel mapping's records (``runtime/mapping.py``)
+MAPPING_DIR = "mapping"  # its score heatmaps
 XROSS_COLUMNS = ("node", "kind", "parts", "segments", "params", "macs", "latency_ms", "batch_size", "top1_last",
                  "top5_last", "top1_best", "best_epoch", "calibrated")
 Position = tuple[int, int]  # (stage index, epochs done in it)
 RUN_FILES = (CONFIG, ENV, METRICS, SUMMARY, STATUS, CHECKPOINTS, XROSS_CSV, XROSS_MD, REPORT, *GRAPH_IMAGES, CURVES, HEATMAP,
-             PARETO, TENSORBOARD, "picked-*")  # what `ktgraph run --overwrite` removes first
+             PARETO, TENSORBOARD, MAPPING_JSON, MAPPING_DIR, "picked-*")  # what `ktgraph run --overwrite` removes first
 
 
 def safe_name(name: str, fallback: str = "run") -> str:

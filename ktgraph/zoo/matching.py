@@ -144,14 +144,17 @@ def matching_scores(scores: Tensor, order: list[int]) -> dict[str, float]:
             "mapped": float(scores[index, torch.as_tensor(order)].mean())}
 
 
-def least_squares(moments: Moments) -> tuple[Tensor, Tensor]:
-    """The affine map ``b ≈ W a + c`` of least squared error: ``W = Cov(b, a) Cov(a, a)⁺``, ``c = E b − W E a``.
+def least_squares(moments: Moments, *, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    """The affine map ``b ≈ W a + c`` of least squared error: ``W = Cov(b, a) Cov(a, a)⁺``, ``c = E b − W E a``
+    (``reverse``: ``a`` from ``b``).
 
     The standard initialisation of a stitching layer between networks of different widths.
     """
-    aa, ab, _ = moments.covariance()
-    weight = ab.T @ torch.linalg.pinv(aa, hermitian=True)
+    aa, ab, bb = moments.covariance()
     mean_a, mean_b = moments.means()
+    if reverse:
+        aa, ab, mean_a, mean_b = bb, ab.T, mean_b, mean_a
+    weight = ab.T @ torch.linalg.pinv(aa, hermitian=True)
     return weight, mean_b - weight @ mean_a
 
 
