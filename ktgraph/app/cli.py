@@ -28,12 +28,13 @@ from ..runtime.measure import call_costs, node_costs, row_nodes
 from ..runtime.strategy import from_environment
 from ..runtime.rundir import CONFIG, XROSS_CSV
 from ..zoo import MODELS
-from .mapping import describe, map_graph, write_mapping
+from .mapping import add_map_command
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, matrix_dot, plans_dot, render
 from .report import write_report
 from .run import default_run_dir, train
 from .tables import format_costs, format_tables
+from .targets import split_targets
 from .xross import write_tables, xross_table
 
 EXIT_USER_ERROR = 2
@@ -67,26 +68,13 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _is_file(word: str) -> bool:
-    try:
-        return Path(word).exists()
-    except OSError:  # a name too long to be a file, say
-        return False
-
-
-def _split_targets(items: list[str]) -> tuple[list[str], list[str]]:
-    """Positional words with ``=`` are overrides; the others are files."""
-    overrides = [i for i in items if "=" in i and not _is_file(i)]
-    return [i for i in items if i not in overrides], overrides
-
-
 def _build(graph: KTGraph, trace: Trace | None = None) -> Job:
     """Modules and program without the data: shapes, adapters and regressors fixed, every plan dry-run."""
     return prepare(graph, with_data=False, device="cpu", trace=trace)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    files, overrides = _split_targets(args.targets)
+    files, overrides = split_targets(args.targets)
     if args.resume:
         if files or overrides or args.out or args.overwrite:
             raise GraphError("--resume continues a run in place with its saved config: give no graph file, "
@@ -130,7 +118,7 @@ def _quiet(text: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    files, overrides = _split_targets(args.targets)
+    files, overrides = split_targets(args.targets)
     if not files:
         raise GraphError("give at least one graph file", file="command line",
                          expected="ktgraph validate FILE [FILE ...]")
@@ -162,7 +150,7 @@ def titled_plans(job: Job, title: str, *, eval_plan: bool = False) -> list[tuple
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    files, overrides = _split_targets(args.targets)
+    files, overrides = split_targets(args.targets)
     if len(files) != 1:
         raise GraphError("ktgraph plan takes one graph file", file="command line",
                          expected="ktgraph plan FILE [key=value ...]")
@@ -255,21 +243,8 @@ def cmd_pick(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_map(args: argparse.Namespace) -> int:
-    files, overrides = _split_targets(args.targets)
-    if len(files) != 1:
-        raise GraphError("ktgraph map takes one graph file", file="command line",
-                         expected="ktgraph map FILE [key=value ...] [--cut PART] [--out DIR]")
-    graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
-    records = map_graph(graph, cut=args.cut)
-    print("\n".join(describe(r) for r in records))
-    if args.out:
-        print("wrote " + ", ".join(map(str, write_mapping(records, args.out))), file=sys.stderr)
-    return 0
-
-
 def cmd_render(args: argparse.Namespace) -> int:
-    files, overrides = _split_targets(args.targets)
+    files, overrides = split_targets(args.targets)
     if len(files) != 1:
         raise GraphError("ktgraph render takes one graph file", file="command line",
                          expected="ktgraph render FILE [key=value ...] [-o OUT] [--plan] [--format svg|dot]")
@@ -365,12 +340,7 @@ def parser() -> argparse.ArgumentParser:
     pick.add_argument("-o", "--output", metavar="OUT", help="output file (default: RUN_DIR/picked-NODE.pt2)")
     pick.set_defaults(func=cmd_pick)
 
-    map_ = sub.add_parser("map", help="match the channels of a cross's networks (its `mapping:`) without training: "
-                                      "matching scores, assignment, heatmaps")
-    map_.add_argument("targets", nargs="+", metavar="FILE | key=value")
-    map_.add_argument("--cut", metavar="PART", help="only this cut (a part name)")
-    map_.add_argument("--out", metavar="DIR", help="write mapping.json and the score heatmaps (SVG) here")
-    map_.set_defaults(func=cmd_map)
+    map_ = add_map_command(sub)
 
     render_ = sub.add_parser("render", help="draw a graph file (or its plan) as SVG or DOT")
     render_.add_argument("targets", nargs="+", metavar="FILE | key=value")

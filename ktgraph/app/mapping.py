@@ -7,17 +7,21 @@ trained or saved. A run writes the same into ``mapping.json`` and ``mapping/*.sv
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import GraphError
-from ..graph import KTGraph
+from ..graph import KTGraph, load_graph
 from ..runtime import prepare
 from ..runtime.mapping import MappedCut, map_channels
 from ..runtime.rundir import MAPPING_DIR, MAPPING_JSON
 from .report import plot_channel_scores
+from .targets import split_targets
 
 
 def map_graph(graph: KTGraph, *, cut: str | None = None) -> list[MappedCut]:
@@ -72,3 +76,30 @@ def run_reporter(folder: Path, echo: Callable[[str], object]) -> Callable[[list[
             echo(describe(record))
         write_mapping(records, folder)
     return report
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    files, overrides = split_targets(args.targets)
+    if len(files) != 1:
+        raise GraphError("ktgraph map takes one graph file", file="command line",
+                         expected="ktgraph map FILE [key=value ...] [--cut PART] [--out DIR]")
+    graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
+    try:
+        records = map_graph(graph, cut=args.cut)
+    except GraphError as err:
+        raise graph.locate(err) from None
+    print("\n".join(describe(r) for r in records))
+    if args.out:
+        print("wrote " + ", ".join(map(str, write_mapping(records, args.out))), file=sys.stderr)
+    return 0
+
+
+def add_map_command(commands: Any) -> argparse.ArgumentParser:
+    """``ktgraph map``, added to the CLI's subcommands."""
+    command = commands.add_parser("map", help="match the channels of a cross's networks (its `mapping:`) without "
+                                              "training: matching scores, assignment, heatmaps")
+    command.add_argument("targets", nargs="+", metavar="FILE | key=value")
+    command.add_argument("--cut", metavar="PART", help="only this cut (a part name)")
+    command.add_argument("--out", metavar="DIR", help="write mapping.json and the score heatmaps (SVG) here")
+    command.set_defaults(func=cmd_map)
+    return command

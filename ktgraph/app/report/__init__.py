@@ -9,7 +9,8 @@ so it works on any run directory, finished or not::
 or ``ktgraph report RUN_DIR``.
 """
 from .markdown import render_report, write_report
-from .plots import plot_channel_scores, plot_curves, plot_pareto, plot_xross_heatmap, write_plots
+from .channels import plot_channel_scores
+from .plots import plot_curves, plot_pareto, plot_xross_heatmap, write_plots
 from .tensorboard import TensorBoardLogger
 
 __all__ = ["TensorBoardLogger", "plot_channel_scores", "plot_curves", "plot_pareto", "plot_xross_heatmap",

@@ -394,24 +394,3 @@ def write_plots(run_dir: str | Path) -> dict[str, Path | None]:
     """All figures of a run directory: {file name: written path or None when skipped}."""
     return {CURVES: plot_curves(run_dir), HEATMAP: plot_xross_heatmap(run_dir), PARETO: plot_pareto(run_dir)}
 
-
-# --- channel mapping ---------------------------------------------------------------------
-def plot_channel_scores(before: Any, order: Sequence[int], title: str, out: str | Path) -> Path:
-    """Two heatmaps of a cut's channel scores: the networks' own order, and after mapping (columns reordered,
-    so a good mapping shows a bright diagonal)."""
-    matrix = [list(map(float, row)) for row in before.tolist()]
-    after = [[row[j] for j in order] for row in matrix]
-    fig = _figure(11, 5)
-    axes = fig.subplots(1, 2)
-    values = [v for row in matrix for v in row]
-    norm = mcolors.Normalize(vmin=min(values), vmax=max(values) if max(values) > min(values) else min(values) + 1e-9)
-    image = None
-    for ax, grid, name in zip(axes, (matrix, after), ("before (own order)", "after mapping")):
-        image = ax.imshow(grid, cmap=matplotlib.colormaps["viridis"], norm=norm, interpolation="nearest")
-        diagonal = sum(grid[i][i] for i in range(len(grid))) / len(grid)
-        ax.set_title(f"{name}: mean diagonal {diagonal:.3f}", fontsize=10)
-        ax.set_ylabel("reference network's channel")
-        ax.set_xlabel("mapped network's channel")
-    fig.colorbar(image, ax=list(axes), label="score", shrink=0.85)
-    fig.suptitle(title)
-    return _save(fig, Path(out))
