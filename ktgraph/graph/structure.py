@@ -4,9 +4,10 @@ from __future__ import annotations
 import itertools
 
 from ..errors import GraphError, unknown_name
-from ..spec.schema import GraphSpec, MappingSpec
+from ..spec.schema import GraphSpec, MappingSpec, RunWeightsSpec
+from ..zoo import RunWeights
 from .ids import SegmentId
-from .records import Mapping, Network, Path, Where
+from .records import CrossMapping, Network, Path, Where
 
 
 class Structure:
@@ -18,14 +19,16 @@ class Structure:
         self.paths: dict[str, Path] = {}
         self.aliases: dict[str, str] = {}
         self.segment_ids: dict[str, SegmentId] = {}
-        self.mappings: list[Mapping] = []
+        self.mappings: list[CrossMapping] = []
 
     def networks_(self) -> None:
         for name, spec in self.spec.networks.items():
             segments = tuple(SegmentId(name, part) for part in spec.part_names())
             self.segment_ids.update((str(s), s) for s in segments)
+            weights = spec.weights if not isinstance(spec.weights, RunWeightsSpec) else RunWeights(
+                spec.weights.run, spec.weights.network)
             self.networks[name] = Network(name, spec.model, tuple(spec.cuts), segments, spec.cifar_stem,
-                                          spec.weights, spec.frozen, dict(spec.kwargs))
+                                          weights, spec.frozen, dict(spec.kwargs))
             self.paths[name] = Path(name, segments, "none", ("networks", name))
             self.aliases["-".join([name] * len(segments))] = name
 
@@ -115,12 +118,12 @@ class Structure:
 
 
 def _mapping(spec: MappingSpec, networks: list[str], cuts: list[str], paths: tuple[str, ...],
-             where: Where) -> Mapping:
+             where: Where) -> CrossMapping:
     """The record of a cross's ``mapping:``; its cuts must be cuts of the cross."""
     for ci, cut in enumerate(spec.cut or []):
         if cut not in cuts:
             raise unknown_name("cut of this cross", cut, cuts, where + ("cut", ci))
-    return Mapping(tuple(networks), tuple(spec.cut or cuts), paths, spec.method, spec.score, spec.batches,
+    return CrossMapping(tuple(networks), tuple(spec.cut or cuts), paths, spec.method, spec.score, spec.batches,
                    spec.split, where)
 
 

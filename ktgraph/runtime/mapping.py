@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..bind import GraphModules
 from ..data import DataBundle
 from ..errors import GraphError, TrainingError
-from ..graph import AdapterId, KTGraph, Mapping, SegmentId
+from ..graph import AdapterId, CrossMapping, KTGraph, SegmentId
 from ..zoo.matching import Moments, assign, least_squares, linear_cka, matching_scores, score_matrix
 from ..zoo.permute import permute, stream_at
 from .evaluate import make_loader
@@ -56,7 +56,7 @@ class MappedCut:
         return {k: v for k, v in asdict(self).items() if k != "matrix"}
 
 
-def map_channels(graph: KTGraph, modules: GraphModules, mapping: Mapping, data: DataBundle,
+def map_channels(graph: KTGraph, modules: GraphModules, mapping: CrossMapping, data: DataBundle,
                  device: torch.device) -> list[MappedCut]:
     """Score, assign and apply one ``mapping:`` in place; the records in order (cut, then network)."""
     dataset = data.train_plain if mapping.split == "train" else data.val
@@ -105,7 +105,7 @@ def _up_to(graph: KTGraph, modules: GraphModules, network: str, part: str) -> Ca
     return run
 
 
-def _apply(graph: KTGraph, modules: GraphModules, mapping: Mapping, reference: str, network: str, part: str,
+def _apply(graph: KTGraph, modules: GraphModules, mapping: CrossMapping, reference: str, network: str, part: str,
            moments: Moments) -> MappedCut:
     record = MappedCut(reference, network, part, mapping.method, mapping.score, {}, linear_cka(moments), None)
     if moments.width_a != moments.width_b:
@@ -124,7 +124,7 @@ def _apply(graph: KTGraph, modules: GraphModules, mapping: Mapping, reference: s
     return record
 
 
-def _init_adapters(graph: KTGraph, modules: GraphModules, mapping: Mapping, reference: str, network: str,
+def _init_adapters(graph: KTGraph, modules: GraphModules, mapping: CrossMapping, reference: str, network: str,
                    part: str, moments: Moments) -> list[str]:
     """Least-squares starts for the 1×1 adapters joining the pair at ``part``, both directions."""
     started = []

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from ..errors import GraphError, TrainingError
+from ..zoo.registry import RUN_CHECKPOINT
 from .checkpoint import MODEL_KEYS, RESUME_KEYS, TEMP_SUFFIX, load_checkpoint, save_atomic, write_atomic, write_error
 from .measure import PATH_KINDS, Row
 
@@ -37,8 +38,8 @@ ENV = "env.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 STATUS = "status.json"  # how training ended: running (or killed), stopped (by a callback, and why) or trained
-CHECKPOINTS = "checkpoints"
-CHECKPOINT = f"{CHECKPOINTS}/last.pt"
+CHECKPOINT = RUN_CHECKPOINT  # checkpoints/last.pt: `weights: {run: DIR, network: NAME}` reads it
+CHECKPOINTS = CHECKPOINT.split("/")[0]
 KEPT = re.compile(r"stage(\d+)-epoch(\d+)\.pt")  # checkpoints/stageS-epochEEEE.pt, with train.keep_checkpoints > 1
 LOCK = ".lock"
 XROSS_CSV = "xross.csv"

@@ -20,6 +20,13 @@ from ..settings import DataSettings, TrainSettings
 RESERVED_NAMES = frozenset({"label", "all", "x"})
 
 
+class RunWeightsSpec(Strict):
+    """``weights: {run: DIR, network: NAME}``: network NAME of the ktgraph run in DIR (its last checkpoint)."""
+
+    run: str
+    network: str
+
+
 class NetworkSpec(Strict):
     """A model from the registry, cut into named parts at module names."""
 
@@ -27,7 +34,7 @@ class NetworkSpec(Strict):
     cuts: list[str] = []
     parts: list[Name] | None = None
     cifar_stem: bool = False
-    weights: str | None = None
+    weights: str | RunWeightsSpec | None = None
     frozen: bool = False
     kwargs: dict[str, Any] = {}
 
