@@ -4,8 +4,9 @@ Per seed: one run trains net1 and net2 apart (`graphs/xml_mapped.yaml`'s stage `
 runs then start from its checkpoint (`weights: {run: DIR, network: NAME}`) and train XML's stage for
 the same epochs, one with `mapping: {method: hungarian}` and one with `method: none` (scores still
 computed, nothing permuted). Printed per seed and as means: the three matching scores, linear CKA,
-and the last epoch's calibrated test top-1 of the networks and the cross paths, with the stitching
-penalty (receiving network's accuracy minus the cross path's), after the first XML epoch and the last.
+and the calibrated test top-1 of the networks and the cross paths, with the stitching penalty
+(receiving network's accuracy minus the cross path's): right after mapping (before any XML step),
+after the first XML epoch and after the last.
 
     PYTHONPATH=. python benchmarks/xml_mapped.py --seeds 0 1 2 --out runs/xml_mapped_bench
 """
@@ -19,6 +20,9 @@ from pathlib import Path
 
 from ktgraph.app.run import train
 from ktgraph.graph import load_graph
+from ktgraph.runtime import Executor, evaluate, make_loader, prepare
+from ktgraph.runtime.calibrate import calibrate_job
+from ktgraph.runtime.mapping import map_channels
 
 GRAPH = Path(__file__).resolve().parents[1] / "graphs" / "xml_mapped.yaml"
 XML_LINKS = ["ce:net1", "ce:net2", "kl:net2->net1", "kl:net1->net2", "up_kl:net1-net2", "up_kl:net2-net1",
@@ -37,6 +41,18 @@ def accuracies(line: dict) -> dict[str, float]:
     return {**top1, **{f"penalty {p}": top1[r] - top1[p] for p, r in RECEIVER.items()}}
 
 
+def at_start(overrides: list[str]) -> dict[str, float]:
+    """Test top-1 right after mapping, before any XML step (calibrated statistics, as the runs report)."""
+    graph = load_graph(GRAPH, overrides)
+    job = prepare(graph)
+    map_channels(graph, job.modules, graph.mappings[0], job.data, job.device)
+    executor = Executor(job.program.eval, job.modules)
+    executor.calibration = calibrate_job(job)
+    results = evaluate(executor, make_loader(job.data.test, graph.train.eval_batch_size), job.device,
+                       job.data.num_classes)
+    return accuracies({"test": results})
+
+
 def one_seed(seed: int, epochs: tuple[int, int], common: list[str], out: Path) -> dict[str, dict]:
     apart = out / f"apart-{seed}"
     run([*common, f"train.seed={seed}",
@@ -44,15 +60,15 @@ def one_seed(seed: int, epochs: tuple[int, int], common: list[str], out: Path) -
     results = {}
     for method in ("hungarian", "none"):
         folder = out / f"xml-{method}-{seed}"
-        run([*common, f"train.seed={seed}", f"crosses.0.mapping.method={method}",
-             f"stages=[{{name: xml, epochs: {epochs[1]}, links: {json.dumps(XML_LINKS)}}}]",
-             *(f"networks.{n}.weights={{run: {apart}, network: {n}}}" for n in ("net1", "net2"))], folder)
+        overrides = [*common, f"train.seed={seed}", f"crosses.0.mapping.method={method}",
+                     f"stages=[{{name: xml, epochs: {epochs[1]}, links: {json.dumps(XML_LINKS)}}}]",
+                     *(f"networks.{n}.weights={{run: {apart}, network: {n}}}" for n in ("net1", "net2"))]
+        start = at_start(overrides)
+        run(overrides, folder)
         lines = [json.loads(t) for t in (folder / "metrics.jsonl").read_text().splitlines()]
         mapped = json.loads((folder / "mapping.json").read_text())[0]
-        results[method] = {"scores": mapped["scores"], "cka": mapped["cka"], "first": accuracies(lines[0]),
-                           "last": accuracies(lines[-1])}
-    start = json.loads((apart / "metrics.jsonl").read_text().splitlines()[-1])
-    results["apart"] = {"last": accuracies(start)}
+        results[method] = {"scores": mapped["scores"], "cka": mapped["cka"], "start": start,
+                           "first": accuracies(lines[0]), "last": accuracies(lines[-1])}
     return results
 
 
@@ -68,7 +84,7 @@ def main() -> None:
     for seed, result in every.items():
         print(f"seed {seed}: " + json.dumps(result))
     for method in ("hungarian", "none"):
-        for when in ("first", "last"):
+        for when in ("start", "first", "last"):
             means = {k: statistics.mean(every[s][method][when][k] for s in every) for k in every[args.seeds[0]][method][when]}
             print(f"mean {method} {when}: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()))
         scores = {k: statistics.mean(every[s][method]["scores"][k] for s in every) for k in ("identity", "random", "mapped")}
