@@ -34,7 +34,7 @@ from .render import FORMATS, details_of, graph_dot, matrix_dot, plans_dot, rende
 from .report import write_report
 from .run import default_run_dir, train
 from .tables import format_costs, format_tables
-from .targets import split_targets
+from .targets import one_graph, split_targets
 from .xross import write_tables, xross_table
 
 EXIT_USER_ERROR = 2
@@ -150,14 +150,10 @@ def titled_plans(job: Job, title: str, *, eval_plan: bool = False) -> list[tuple
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    files, overrides = split_targets(args.targets)
-    if len(files) != 1:
-        raise GraphError("ktgraph plan takes one graph file", file="command line",
-                         expected="ktgraph plan FILE [key=value ...]")
-    graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
+    graph, file = one_graph(args.targets, "plan", "ktgraph plan FILE [key=value ...]", allow_imports=args.allow_imports)
     traced: list[tuple[str, Plan]] = []
     job = _build(graph, trace=(lambda name, plan: traced.append((name, plan))) if args.passes else None)
-    for title, plan in titled_plans(job, files[0], eval_plan=args.eval):
+    for title, plan in titled_plans(job, file, eval_plan=args.eval):
         if args.passes:
             for name, step in traced:
                 if (step.mode == "eval") == args.eval and step.stage == plan.stage:
@@ -165,7 +161,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         else:
             print(format_plan(plan, title))
     if args.costs:
-        _print_costs(job, files[0])
+        _print_costs(job, file)
     return 0
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GraphError
-from ..graph import KTGraph, load_graph
+from ..graph import KTGraph
 from ..runtime import prepare
 from ..runtime.mapping import MappedCut, map_channels
 from ..runtime.rundir import MAPPING_DIR, MAPPING_JSON
 from .report import plot_channel_scores
-from .targets import split_targets
+from .targets import one_graph
 
 
 def map_graph(graph: KTGraph, *, cut: str | None = None) -> list[MappedCut]:
@@ -79,11 +79,8 @@ def run_reporter(folder: Path, echo: Callable[[str], object]) -> Callable[[list[
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    files, overrides = split_targets(args.targets)
-    if len(files) != 1:
-        raise GraphError("ktgraph map takes one graph file", file="command line",
-                         expected="ktgraph map FILE [key=value ...] [--cut PART] [--out DIR]")
-    graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
+    graph, _ = one_graph(args.targets, "map", "ktgraph map FILE [key=value ...] [--cut PART] [--out DIR]",
+                         allow_imports=args.allow_imports)
     try:
         records = map_graph(graph, cut=args.cut)
     except GraphError as err:

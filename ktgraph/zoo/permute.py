@@ -134,34 +134,27 @@ def _new_stream(model: nn.Module, writers: tuple[str, ...], path: str, found: li
 
 def _writers(model: nn.Module, names: Sequence[str], path: str) -> list[TensorAxis]:
     """Output channels: a conv's weight and bias, every per-channel tensor of a BatchNorm."""
-    axes: list[TensorAxis] = []
-    for name in names:
-        full = _join(path, name)
-        module = model.get_submodule(full)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            axes += _batchnorm(full, module)
-        elif isinstance(module, nn.Conv2d):
-            axes += [(f"{full}.weight", 0)] + ([(f"{full}.bias", 0)] if module.bias is not None else [])
-        elif not isinstance(module, nn.Identity):
-            raise GraphError(f"cannot permute the output of `{full}` ({type(module).__name__})")
-    return axes
+    return [axis for name in names for axis in _axes(model, _join(path, name), reading=False)]
 
 
 def _readers(model: nn.Module, names: Sequence[str], path: str) -> list[TensorAxis]:
     """Input channels: a conv's or linear layer's weight columns; a BatchNorm before a conv (pre-activation)."""
-    axes: list[TensorAxis] = []
-    for name in names:
-        full = _join(path, name)
-        module = model.get_submodule(full)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            axes += _batchnorm(full, module)
-        elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            if isinstance(module, nn.Conv2d) and module.groups != 1:
-                raise GraphError(f"cannot permute the input of grouped conv `{full}`")
-            axes.append((f"{full}.weight", 1))
-        else:
-            raise GraphError(f"cannot permute the input of `{full}` ({type(module).__name__})")
-    return axes
+    return [axis for name in names for axis in _axes(model, _join(path, name), reading=True)]
+
+
+def _axes(model: nn.Module, full: str, *, reading: bool) -> list[TensorAxis]:
+    module = model.get_submodule(full)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return _batchnorm(full, module)
+    if reading and isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise GraphError(f"cannot permute the input of grouped conv `{full}`")
+        return [(f"{full}.weight", 1)]
+    if not reading and isinstance(module, nn.Conv2d):
+        return [(f"{full}.weight", 0)] + ([(f"{full}.bias", 0)] if module.bias is not None else [])
+    if not reading and isinstance(module, nn.Identity):
+        return []
+    raise GraphError(f"cannot permute the {'input' if reading else 'output'} of `{full}` ({type(module).__name__})")
 
 
 def _batchnorm(full: str, module: nn.Module) -> list[TensorAxis]:
