@@ -102,7 +102,7 @@ ROLES = {
     "compile": "plan IR (values with shapes),\nlowering and passes -> program",
     "runtime": "executor, trainer, hooks, evaluation,\nmeasurement, checkpoints, run directory",
     "app": "run, eval, pick, report, render, CLI",
-    "kinds": "link kinds, gates,\naggregators, adapters", "zoo": "models, cuts, segments",
+    "kinds": "link kinds, gates,\naggregators, adapters", "zoo": "models, cuts, segments,\nchannel matching",
     "data": "data sets", "settings": "data and train sections",
     "registry": "one registry mechanism", "config": "strict sections", "errors": "located errors",
 }

@@ -1,4 +1,4 @@
-"""The ``ktgraph`` command: run, validate, plan, render, eval, pick, report, compare and bench.
+"""The ``ktgraph`` command: run, validate, plan, render, map, eval, pick, report, compare and bench.
 
 User mistakes end with a located message and exit status 2, a failed run with status 3,
 never with a traceback. SIGTERM (how job schedulers stop a job) is handled like Ctrl-C: the
@@ -25,14 +25,15 @@ from ..runtime.checkpoint import write_error
 from ..runtime.measure import call_costs, node_costs, row_nodes
 from ..runtime.rundir import XROSS_CSV
 from ..zoo import MODELS
-from .cli_base import (EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_TERMINATED, EXIT_USER_ERROR, Terminated,
-                       sigterm_raises, split_targets)
+from .cli_base import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_TERMINATED, EXIT_USER_ERROR, Terminated, sigterm_raises
 from .cli_methods import add_method_commands, add_seed_options
 from .cli_run import cmd_run
+from .mapping import add_map_command
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, matrix_dot, plans_dot, render
 from .report import write_report
 from .tables import format_costs, format_tables
+from .targets import one_graph, split_targets
 from .xross import write_tables, xross_table
 
 def _build(graph: KTGraph, trace: Trace | None = None) -> Job:
@@ -73,14 +74,10 @@ def titled_plans(job: Job, title: str, *, eval_plan: bool = False) -> list[tuple
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    files, overrides = split_targets(args.targets)
-    if len(files) != 1:
-        raise GraphError("ktgraph plan takes one graph file", file="command line",
-                         expected="ktgraph plan FILE [key=value ...]")
-    graph = load_graph(files[0], overrides, allow_imports=args.allow_imports)
+    graph, file = one_graph(args.targets, "plan", "ktgraph plan FILE [key=value ...]", allow_imports=args.allow_imports)
     traced: list[tuple[str, Plan]] = []
     job = _build(graph, trace=(lambda name, plan: traced.append((name, plan))) if args.passes else None)
-    for title, plan in titled_plans(job, files[0], eval_plan=args.eval):
+    for title, plan in titled_plans(job, file, eval_plan=args.eval):
         if args.passes:
             for name, step in traced:
                 if (step.mode == "eval") == args.eval and step.stage == plan.stage:
@@ -88,7 +85,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         else:
             print(format_plan(plan, title))
     if args.costs:
-        _print_costs(job, files[0])
+        _print_costs(job, file)
     return 0
 
 
@@ -266,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
     pick.add_argument("-o", "--output", metavar="OUT", help="output file (default: RUN_DIR/picked-NODE.pt2)")
     pick.set_defaults(func=cmd_pick)
 
+    map_ = add_map_command(sub)
+
     render_ = sub.add_parser("render", help="draw a graph file (or its plan) as SVG or DOT")
     render_.add_argument("targets", nargs="+", metavar="FILE | key=value")
     render_.add_argument("-o", "--out", metavar="OUT",
@@ -280,7 +279,7 @@ def parser() -> argparse.ArgumentParser:
 
     for command in (run, evaluate, pick):
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for command in (run, validate, plan, evaluate, pick, render_):
+    for command in (run, validate, plan, evaluate, pick, map_, render_):
         command.add_argument("--allow-imports", action="store_true",
                              help="allow the graph's `imports:` to run Python modules")
     return top

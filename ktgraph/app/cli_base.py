@@ -1,11 +1,10 @@
-"""What every ``ktgraph`` command shares: exit codes, SIGTERM as an exception, files and overrides apart."""
+"""What every ``ktgraph`` command shares: exit codes and SIGTERM as an exception."""
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 3
@@ -36,16 +35,3 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def is_file(word: str) -> bool:
-    try:
-        return Path(word).exists()
-    except OSError:  # a name too long to be a file, say
-        return False
-
-
-def split_targets(items: list[str]) -> tuple[list[str], list[str]]:
-    """Positional words with ``=`` are overrides; the others are files."""
-    overrides = [i for i in items if "=" in i and not is_file(i)]
-    return [i for i in items if i not in overrides], overrides

@@ -10,9 +10,10 @@ from ..graph import load_graph
 from ..runtime import RunDir
 from ..runtime.groupdir import GROUP_CONFIG, GroupDir
 from ..runtime.rundir import CONFIG
-from .cli_base import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, split_targets
+from .cli_base import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
 from .run import default_run_dir, run_one
 from .seeds import check_jobs, run_group, seeds_override
+from .targets import split_targets
 
 
 def cmd_run(args: argparse.Namespace) -> int:

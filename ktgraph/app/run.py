@@ -31,9 +31,11 @@ from ..graph import KTGraph
 from ..runtime import RunDir, Trainer, prepare
 from ..runtime.checkpoint import config_difference, trained_config
 from ..runtime.events import Callback
+from ..runtime.mapping import PAYLOAD_KEY, ChannelMapping
 from ..runtime.rundir import CONFIG, ENV, GRAPH_SVG, STATUS, SUMMARY, safe_name
 from ..runtime.strategy import Local, from_environment
 from ..runtime.trainer import Progress
+from .mapping import run_reporter
 from .render import details_of, graph_dot, render
 from .report import TensorBoardLogger, write_report
 from .tables import accuracy_rows
@@ -128,6 +130,9 @@ def fit(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite:
         payload = run.load_checkpoint(map_location="cpu", resume=True) if resume else None
         trainer = Trainer(prepare(graph, strategy=strategy), run, progress_bar=progress_bar, strategy=strategy,
                           callbacks=callbacks)  # fails on bad input before any file
+        if graph.mappings:
+            report = run_reporter(run.path, lambda text: print(text, file=sys.stderr)) if strategy.is_main else None
+            trainer.events.add([ChannelMapping(graph, trainer.device, (payload or {}).get(PAYLOAD_KEY), report)])
 
         def open_folder() -> None:
             if not resume:

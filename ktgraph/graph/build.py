@@ -272,7 +272,7 @@ class _Builder(Structure):
                              suggestion="set data.val_split (e.g. 0.1), or calibrate on split: train")
         return KTGraph(spec.name, spec.description, self.networks, self.paths, self.aliases, self.aggregators,
                        self.ensembles(), links, self.stages(links), bool(spec.stages), spec.data, spec.train,
-                       self.document(), self.source)
+                       self.document(), self.source, self.mappings)
 
 
 def _unit(cls: type[BaseModel], fields: Any, where: Where, *, own_fields_only: bool = True) -> Any:

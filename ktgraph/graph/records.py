@@ -13,6 +13,7 @@ from typing import Any, Literal
 from ..errors import GraphError
 from ..kinds import AggregatorKind, Gate, LinkKind
 from ..settings import DataSettings, TrainSettings
+from ..zoo import RunWeights
 from .ids import AdapterId, AggregatorId, ModuleId, SegmentId
 
 Where = tuple[str | int, ...]
@@ -49,7 +50,7 @@ class Network:
     cuts: tuple[str, ...]
     segments: tuple[SegmentId, ...]
     cifar_stem: bool = False
-    weights: str | None = None
+    weights: str | RunWeights | None = None
     frozen: bool = False
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -78,6 +79,21 @@ class Path:
     def junctions(self) -> list[AdapterId]:
         """Consecutive segments from different networks (where adapters may sit)."""
         return [AdapterId(a, b) for a, b in zip(self.segments, self.segments[1:]) if a.network != b.network]
+
+
+@dataclass(frozen=True)
+class CrossMapping:
+    """A cross's channel mapping: every network after the first is matched to the first at ``parts``
+    (the cuts' part names), before the first stage whose training computes one of ``paths``."""
+
+    networks: tuple[str, ...]
+    parts: tuple[str, ...]
+    paths: tuple[str, ...]
+    method: str
+    score: str
+    batches: int
+    split: str
+    where: Where = ()
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,7 @@ class KTGraph:
     train: TrainSettings
     document: dict[str, Any]
     source: Any = None
+    mappings: list[CrossMapping] = field(default_factory=list)
 
     def locate(self, err: GraphError) -> GraphError:
         """``err`` with the file and line of its field, when the graph came from a file."""

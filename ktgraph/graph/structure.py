@@ -4,9 +4,10 @@ from __future__ import annotations
 import itertools
 
 from ..errors import GraphError, unknown_name
-from ..spec.schema import GraphSpec
+from ..spec.schema import GraphSpec, MappingSpec, RunWeightsSpec
+from ..zoo import RunWeights
 from .ids import SegmentId
-from .records import Network, Path, Where
+from .records import CrossMapping, Network, Path, Where
 
 
 class Structure:
@@ -18,13 +19,16 @@ class Structure:
         self.paths: dict[str, Path] = {}
         self.aliases: dict[str, str] = {}
         self.segment_ids: dict[str, SegmentId] = {}
+        self.mappings: list[CrossMapping] = []
 
     def networks_(self) -> None:
         for name, spec in self.spec.networks.items():
             segments = tuple(SegmentId(name, part) for part in spec.part_names())
             self.segment_ids.update((str(s), s) for s in segments)
+            weights = spec.weights if not isinstance(spec.weights, RunWeightsSpec) else RunWeights(
+                spec.weights.run, spec.weights.network)
             self.networks[name] = Network(name, spec.model, tuple(spec.cuts), segments, spec.cifar_stem,
-                                          spec.weights, spec.frozen, dict(spec.kwargs))
+                                          weights, spec.frozen, dict(spec.kwargs))
             self.paths[name] = Path(name, segments, "none", ("networks", name))
             self.aliases["-".join([name] * len(segments))] = name
 
@@ -99,9 +103,28 @@ class Structure:
                                      where=where + ("cut", ci), expected="one of: " + ", ".join(parts[:-1]),
                                      suggestion=f"write `cut: {parts[module_cuts.index(cut)]}` (the part that "
                                                 f"ends at `{cut}`)")
+            names = []
             for combo in _combinations(cross.kind, cross.networks, list(parts), cross.cut, where):
                 segments = tuple(SegmentId(net, part) for net, part in zip(combo, parts))
-                self.add_path(Path("-".join(combo), segments, cross.adapter, where))
+                names.append("-".join(combo))
+                self.add_path(Path(names[-1], segments, cross.adapter, where))
+            if cross.mapping is not None:
+                if cross.mapping.split == "val" and self.spec.data.val_split == 0:
+                    raise GraphError("mapping.split is `val` but the data has no validation split",
+                                     where=where + ("mapping", "split"),
+                                     suggestion="set data.val_split (e.g. 0.1), or map on split: train")
+                self.mappings.append(_mapping(cross.mapping, cross.networks, cross.cut or list(parts[:-1]),
+                                              tuple(names), where + ("mapping",)))
+
+
+def _mapping(spec: MappingSpec, networks: list[str], cuts: list[str], paths: tuple[str, ...],
+             where: Where) -> CrossMapping:
+    """The record of a cross's ``mapping:``; its cuts must be cuts of the cross."""
+    for ci, cut in enumerate(spec.cut or []):
+        if cut not in cuts:
+            raise unknown_name("cut of this cross", cut, cuts, where + ("cut", ci))
+    return CrossMapping(tuple(networks), tuple(spec.cut or cuts), paths, spec.method, spec.score, spec.batches,
+                   spec.split, where)
 
 
 def _combinations(kind: str, nets: list[str], parts: list[str], cuts: list[str] | None,

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from ..errors import GraphError, TrainingError
+from ..zoo.registry import RUN_CHECKPOINT
 from .checkpoint import MODEL_KEYS, RESUME_KEYS, TEMP_SUFFIX, load_checkpoint, save_atomic, write_atomic, write_error
 from .measure import PATH_KINDS, Row
 
@@ -37,8 +38,8 @@ ENV = "env.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 STATUS = "status.json"  # how training ended: running (or killed), stopped (by a callback, and why) or trained
-CHECKPOINTS = "checkpoints"
-CHECKPOINT = f"{CHECKPOINTS}/last.pt"
+CHECKPOINT = RUN_CHECKPOINT  # checkpoints/last.pt: `weights: {run: DIR, network: NAME}` reads it
+CHECKPOINTS = CHECKPOINT.split("/")[0]
 KEPT = re.compile(r"stage(\d+)-epoch(\d+)\.pt")  # checkpoints/stageS-epochEEEE.pt, with train.keep_checkpoints > 1
 LOCK = ".lock"
 XROSS_CSV = "xross.csv"
@@ -50,11 +51,13 @@ CURVES = "curves.svg"
 HEATMAP = "xross_heatmap.svg"
 PARETO = "pareto.svg"
 TENSORBOARD = "tensorboard"
+MAPPING_JSON = "mapping.json"  # the channel mapping's records (``runtime/mapping.py``)
+MAPPING_DIR = "mapping"  # its score heatmaps
 XROSS_COLUMNS = ("node", "kind", "parts", "segments", "params", "macs", "latency_ms", "batch_size", "top1_last",
                  "top5_last", "top1_best", "best_epoch", "calibrated")
 Position = tuple[int, int]  # (stage index, epochs done in it)
 RUN_FILES = (CONFIG, ENV, METRICS, SUMMARY, STATUS, CHECKPOINTS, XROSS_CSV, XROSS_MD, REPORT, *GRAPH_IMAGES, CURVES, HEATMAP,
-             PARETO, TENSORBOARD, "picked-*")  # what `ktgraph run --overwrite` removes first
+             PARETO, TENSORBOARD, MAPPING_JSON, MAPPING_DIR, "picked-*")  # what `ktgraph run --overwrite` removes first
 
 
 def safe_name(name: str, fallback: str = "run") -> str:

@@ -20,6 +20,13 @@ from ..settings import DataSettings, TrainSettings
 RESERVED_NAMES = frozenset({"label", "all", "x"})
 
 
+class RunWeightsSpec(Strict):
+    """``weights: {run: DIR, network: NAME}``: network NAME of the ktgraph run in DIR (its last checkpoint)."""
+
+    run: str
+    network: str
+
+
 class NetworkSpec(Strict):
     """A model from the registry, cut into named parts at module names."""
 
@@ -27,7 +34,7 @@ class NetworkSpec(Strict):
     cuts: list[str] = []
     parts: list[Name] | None = None
     cifar_stem: bool = False
-    weights: str | None = None
+    weights: str | RunWeightsSpec | None = None
     frozen: bool = False
     kwargs: dict[str, Any] = {}
 
@@ -56,18 +63,28 @@ class PathSpec(Strict):
         return {"segments": data} if isinstance(data, list) else data
 
 
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class MappingSpec(Strict):
+    """Match the crossed networks' channels at the cuts before their paths train (``ktgraph.zoo.matching``)."""
+
+    method: Literal["hungarian", "stable", "none"] = "hungarian"
+    score: Literal["correlation", "cosine", "l2"] = "correlation"
+    batches: int = Field(8, gt=0)
+    split: Literal["train", "val"] = "train"
+    cut: Annotated[list[str] | None, BeforeValidator(_one_or_many)] = None  # default: every cut of the cross
+
+
 class CrossSpec(Strict):
     """Generates cross paths: ``xml`` swaps network at a cut, ``all`` makes all K^P paths."""
 
     kind: Literal["xml", "all"]
     networks: list[Name] = Field(min_length=2)
-    cut: list[str] | None = None
+    cut: Annotated[list[str] | None, BeforeValidator(_one_or_many)] = None
     adapter: AdapterChoice = AUTO
-
-    @field_validator("cut", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    mapping: MappingSpec | None = None
 
 
 class StageSpec(Strict):

@@ -9,8 +9,9 @@ so it works on any run directory, finished or not::
 or ``ktgraph report RUN_DIR``.
 """
 from .markdown import render_report, write_report
+from .channels import plot_channel_scores
 from .plots import plot_curves, plot_pareto, plot_xross_heatmap, write_plots
 from .tensorboard import TensorBoardLogger
 
-__all__ = ["TensorBoardLogger", "plot_curves", "plot_pareto", "plot_xross_heatmap", "render_report", "write_plots",
-           "write_report"]
+__all__ = ["TensorBoardLogger", "plot_channel_scores", "plot_curves", "plot_pareto", "plot_xross_heatmap",
+           "render_report", "write_plots", "write_report"]

@@ -393,3 +393,4 @@ def _tick(value: float) -> str:
 def write_plots(run_dir: str | Path) -> dict[str, Path | None]:
     """All figures of a run directory: {file name: written path or None when skipped}."""
     return {CURVES: plot_curves(run_dir), HEATMAP: plot_xross_heatmap(run_dir), PARETO: plot_pareto(run_dir)}
+
