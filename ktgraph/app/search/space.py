@@ -231,7 +231,7 @@ def _check_choices(search: Search, parameter: Parameter) -> None:
         try:
             _check_models(search.graph_with([f"{parameter.key}={json.dumps(value)}"]))
         except GraphError as err:
-            raise search.document.locate(GraphError(
+            raise search.base.locate(GraphError(
                 f"`{parameter.key}={json.dumps(value)}` makes no valid graph: {err.message}",
                 where=parameter.where, suggestion=err.suggestion)) from None
 
