@@ -13,6 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from ktgraph.app.cli import main
 from ktgraph.app.run import fit
 from ktgraph.app.search import run_search
 from ktgraph.app.search.folder import open_folder
@@ -68,6 +69,8 @@ def test_a_tiny_search_prunes_at_the_first_rung_and_best_yaml_reproduces_its_tri
         assert not run.checkpoint.exists() and len(run.read_metrics()) == 1
     assert {"trials.csv", "trials.md", "history.png", "intermediate.png", "best.svg"} <= {
         p.name for p in folder.iterdir()}
+    (folder / "trials.md").unlink()
+    assert main(["search", "--report", str(folder)]) == 0 and "pruned" in (folder / "trials.md").read_text()
 
     assert best is not None and "\nsearch:" not in best.read_text()
     winner = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
@@ -114,8 +117,7 @@ def test_a_search_continues_after_a_dead_worker_and_a_second_command(tmp_path: P
     (("train.optimizer.lr: {float: [0.0001, 0.2], log: true}", "networks.net2.model: [resnet8, resnet99]"),
      "makes no valid graph", 16),
     (("links: [\"kl:*\"]", "links: [\"mse:*\"]"), "matches no link", 17),
-    (("  space:\n    train.optimizer.lr: {float: [0.0001, 0.2], log: true}\n  gates: {links: [\"kl:*\"], "
-      "choices: [through, cutoff, correct]}\n", ""), "empty", 10),
+    ((SEARCH[SEARCH.index("  space:"):], ""), "empty", 10),
 ])
 def test_a_bad_search_section_is_a_located_error_before_any_trial(tmp_path: Path, change: tuple[str, str],
                                                                    message: str, line: int) -> None:

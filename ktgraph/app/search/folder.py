@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 
 from ...errors import GraphError
-from ...runtime.rundir import safe_name
 from ...graph import Document
+from ...runtime.rundir import safe_name
 from .space import Search, read_search
 from .study import JOURNAL, StudyPlace
 
@@ -34,7 +34,8 @@ def open_folder(file: str | Path, overrides: list[str], *, out: str | None = Non
         different = Document.read(saved).raw != raw
         before = json.loads((folder / PLACE_FILE).read_text())
         if different or (before["storage"], before["name"]) != (place.storage, place.name):
-            what = "another search (file or overrides)" if different else f"the study `{before['name']}` at {before['storage']}"
+            what = ("another search (file or overrides)" if different
+                    else f"the study `{before['name']}` at {before['storage']}")
             raise GraphError(f"the folder holds {what}; nothing in it was touched", file=str(folder),
                              suggestion="give the same file, overrides, --storage and --study to continue it, "
                                         "or another --out")

@@ -43,10 +43,11 @@ def summary_lines(search: Search, trials: list[FrozenTrial]) -> list[str]:
     ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     used = sum(t.user_attrs.get(EPOCHS_ATTR, 0) for t in ran)
     objective = search.spec.objective
-    lines = [f"trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
-             f"{states[TrialState.FAIL]} failed ({sum(ERROR_ATTR in t.user_attrs for t in trials)} by their graph), "
-             f"{states[TrialState.RUNNING]} running",
-             f"objective: {objective.node} top-1 on the validation split ({objective.at} epoch), never the test split"]
+    counts = (f"trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
+              f"{states[TrialState.FAIL]} failed ({sum(ERROR_ATTR in t.user_attrs for t in trials)} by their graph), "
+              f"{states[TrialState.RUNNING]} running")
+    lines = [counts, (f"objective: {objective.node} top-1 on the validation split ({objective.at} epoch), "
+                      "never the test split")]
     if ran:
         lines.append(f"epochs: {used} trained of {len(ran) * total} without pruning ({used / (len(ran) * total):.2f})")
     best = _best(trials)

@@ -182,7 +182,8 @@ def _space(spec: SearchSpec, document: Document) -> list[Parameter]:
     for key, value in spec.space.items():
         where = ("search", "space", key)
         if isinstance(value, list):
-            if len(value) < 2 or not all(isinstance(v, Scalar) for v in value) or len(set(map(repr, value))) < len(value):
+            plain = all(isinstance(v, Scalar) for v in value)
+            if len(value) < 2 or not plain or len(set(map(repr, value))) < len(value):
                 raise document.locate(GraphError("a list of choices needs two or more different plain values",
                                                where=where, expected="e.g. [resnet8, resnet14] or [1, 2, 4]"))
             distribution: Any = optuna.distributions.CategoricalDistribution(value)
