@@ -7,13 +7,14 @@ directory says ``stopped`` and why) and keeps its config, metrics and status, no
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from ...errors import TrainingError
+from ...errors import TrainingError, UntrainedModuleWarning
 from ...runtime.events import AfterEvaluation, Callback, StopRun
 from ...runtime.rundir import CHECKPOINTS
 from ..run import fit
@@ -55,7 +56,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, search: Search, folder: 
         trial.set_user_attr(key, value)
     reporter = Reporter(trial, search.spec.objective.node)
     try:
-        fitted = fit(search.graph_with(overrides), run_dir, progress_bar=False, callbacks=[reporter])
+        with warnings.catch_warnings():  # cut-off gates may leave a node untrained: a graph the search may try
+            warnings.simplefilter("ignore", UntrainedModuleWarning)
+            fitted = fit(search.graph_with(overrides), run_dir, progress_bar=False, callbacks=[reporter])
     except TrainingError as err:  # this graph cannot be trained (a loss diverged): a result, not a crash
         trial.set_user_attr(ERROR_ATTR, str(err))
         study.tell(trial, state=TrialState.FAIL)
