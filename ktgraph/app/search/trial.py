@@ -7,6 +7,7 @@ directory says ``stopped`` and why) and keeps its config, metrics and status, no
 from __future__ import annotations
 
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ...errors import TrainingError, UntrainedModuleWarning
+from ...errors import GraphError, TrainingError, UntrainedModuleWarning
 from ...runtime.events import AfterEvaluation, Callback, StopRun
 from ...runtime.rundir import CHECKPOINTS
 from ..run import fit
@@ -59,9 +60,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, search: Search, folder: 
         with warnings.catch_warnings():  # cut-off gates may leave a node untrained: a graph the search may try
             warnings.simplefilter("ignore", UntrainedModuleWarning)
             fitted = fit(search.graph_with(overrides), run_dir, progress_bar=False, callbacks=[reporter])
-    except TrainingError as err:  # this graph cannot be trained (a loss diverged): a result, not a crash
+    except (TrainingError, GraphError) as err:  # a loss diverged, shapes of two choices clash: a result
         trial.set_user_attr(ERROR_ATTR, str(err))
         study.tell(trial, state=TrialState.FAIL)
+        print(f"trial {trial.number} failed: {err}", file=sys.stderr)
         return TrialState.FAIL
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)
