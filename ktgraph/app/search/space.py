@@ -100,9 +100,11 @@ def _check_range(bounds: tuple[float, float], log: bool, stepped: bool) -> None:
 
 
 class SearchSpec(Strict):
+    """The ``search:`` section as the file writes it (docs/search.md lists every field)."""
+
     objective: Objective
-    trials: int = Field(20, gt=0, le=100_000)
-    timeout: float | None = Field(None, gt=0)  # seconds of wall time for the whole search
+    trials: int = Field(20, gt=0, le=100_000)  # in the whole study, every worker counted
+    timeout: float | None = Field(None, gt=0)  # seconds after which a worker starts no trial
     sampler: Sampler = Sampler()
     pruner: Pruner = Pruner()
     space: dict[str, Any] = {}
