@@ -11,8 +11,9 @@ METHOD_FILES = sorted((ROOT / "graphs").glob("*.yaml"))
 RECIPE = ROOT / "graphs/recipes/digits.yaml"
 # What is not the graph: the data (and its augmentation) and the whole training recipe.
 NOT_THE_GRAPH = ("data", "train")
-# What a method needs beyond the recipe, by file: KDCL-General's weights come from a held-out split.
-METHOD_NEEDS = {"kdcl_general.yaml": {"data": {"val_split"}}}
+# What a method needs beyond the recipe, by file: KDCL-General's weights come from a held-out split, and
+# a search's objective is measured on one.
+METHOD_NEEDS = {"kdcl_general.yaml": {"data": {"val_split"}}, "dcl_search.yaml": {"data": {"val_split"}}}
 
 
 def test_bundled_method_files_differ_only_in_their_graph():

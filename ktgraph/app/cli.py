@@ -1,4 +1,4 @@
-"""The ``ktgraph`` command: run, validate, plan, render, map, eval, pick, report, compare and bench.
+"""The ``ktgraph`` command: run, search, validate, plan, render, map, eval, pick, report, compare and bench.
 
 User mistakes end with a located message and exit status 2, a failed run with status 3,
 never with a traceback. SIGTERM (how job schedulers stop a job) is handled like Ctrl-C: the
@@ -32,6 +32,7 @@ from .mapping import add_map_command
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, matrix_dot, plans_dot, render
 from .report import write_report
+from .search import load_search, search_arguments, search_command
 from .tables import format_costs, format_tables
 from .targets import one_graph, split_targets
 from .xross import write_tables, xross_table
@@ -39,6 +40,10 @@ from .xross import write_tables, xross_table
 def _build(graph: KTGraph, trace: Trace | None = None) -> Job:
     """Modules and program without the data: shapes, adapters and regressors fixed, every plan dry-run."""
     return prepare(graph, with_data=False, device="cpu", trace=trace)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    return search_command(args, *split_targets(args.targets))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -56,8 +61,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 raise graph.locate(err) from None
             if not args.no_build:
                 _build(graph)
+            searched = len(load_search(file, overrides)[0].parameters) if graph.document.get("search") else None
             print(f"{file}: ok ({len(graph.networks)} networks, {len(graph.paths)} paths, "
-                  f"{len(graph.links)} links)")
+                  f"{len(graph.links)} links" + (f", a search of {searched} parameters" if searched else "") + ")")
         except GraphError as err:
             print(f"error: {err}", file=sys.stderr)
             failed += 1
@@ -207,6 +213,10 @@ def parser() -> argparse.ArgumentParser:
                      help="train into a --out folder that holds other files, replacing the run files there")
     add_seed_options(run)
     run.set_defaults(func=cmd_run)
+
+    search = sub.add_parser("search", help="search a graph file's `search:` space with Optuna (ASHA pruning)")
+    search_arguments(search)
+    search.set_defaults(func=cmd_search)
 
     validate = sub.add_parser("validate", help="check graph files without training")
     validate.add_argument("targets", nargs="+", metavar="FILE | key=value")

@@ -36,6 +36,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         graph = load_graph(files[0], overrides + seeds_override(args.seeds), allow_imports=args.allow_imports)
         grouped = graph.train.seeds is not None
         run_dir = Path(args.out) if args.out else default_run_dir(graph, files[0])
+        if graph.document.get("search"):
+            print("note: the file has a `search:` section; `run` trains its base graph (`ktgraph search` searches "
+                  "it)", file=sys.stderr)
     check_jobs(args.jobs, grouped)
     try:
         if grouped:

@@ -144,7 +144,7 @@ def fit(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite:
             if not resume:
                 run.write_config(graph.document)
                 run.write_json(ENV, environment(graph, argv or [], str(trainer.device), strategy.world))
-                _optional("render the graph", lambda: render(graph_dot(graph, details_of(trainer.job.bound)),
+                optional("render the graph", lambda: render(graph_dot(graph, details_of(trainer.job.bound)),
                                                              run / GRAPH_SVG, "svg"))
             if graph.train.tensorboard:
                 trainer.events.add([held.enter_context(TensorBoardLogger(run.path))])
@@ -173,7 +173,7 @@ def finish(fitted: Fitted, *, progress_bar: bool = True, echo: Callable[[str], o
                    "rows": accuracy_rows(graph, state.last, state.best, calibrated)}
         run.write_json(SUMMARY, summary)
         tables_after_training(trainer, progress=progress_bar, echo=echo, repeats=3)
-        _optional("write the report", lambda: echo(f"report: {write_report(run.path)}"))
+        optional("write the report", lambda: echo(f"report: {write_report(run.path)}"))
     return summary
 
 
@@ -231,8 +231,8 @@ def _make_folder(path: Path) -> None:
                                     "read-only") from None
 
 
-def _optional(what: str, action: Callable[[], object]) -> None:
-    """Pictures and reports must never fail a run whose training succeeded."""
+def optional(what: str, action: Callable[[], object]) -> None:
+    """Pictures and reports must never fail a run (or a search) whose training succeeded."""
     try:
         action()
     except Exception as err:  # noqa: BLE001 -- reported, and the run's results are already saved

@@ -11,13 +11,13 @@ from pathlib import Path as FilePath
 from typing import Any
 
 import networkx as nx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ..errors import GraphError, unknown_name
 from ..kinds import AGGREGATORS, GATES, LINKS, AggregatorKind, LinkKind
 from ..spec.loader import LoadedGraph, load_spec
 from ..spec.schema import GraphSpec
-from ..spec.validate import GraphErrors, convert_errors
+from ..spec.validate import validate_section
 from .cells import cell_gates
 from .ids import AdapterId, AggregatorId, ModuleId
 from .records import ALL, LABEL, Aggregator, Ensemble, KTGraph, Link, Ref, Stage, Where
@@ -126,8 +126,9 @@ class _Builder(Structure):
         return found
 
     # --- links --------------------------------------------------------------------
-    def expand(self, index: int, link: Any) -> list[tuple[dict[str, Any], Where]]:
-        """The template's links, each with where its gate was written (the link's `gate`, or a `gates` cell)."""
+    def expand(self, index: int, link: Any) -> list[tuple[dict[str, Any], Where, tuple[str, ...]]]:
+        """The template's links, each with where its gate was written (the link's `gate`, or a `gates` cell)
+        and the `each` values it was made from."""
         where: Where = ("links", index)
         fields = link.model_dump()
         gates = fields.pop("gates")
@@ -135,7 +136,7 @@ class _Builder(Structure):
             if gates is not None:
                 raise GraphError("`gates` sets the gate of each link an `each` template makes; this link has no "
                                  "`each`", where=where + ("gates",), suggestion="write its gate in `gate:`")
-            return [(fields, where + ("gate",))]
+            return [(fields, where + ("gate",), ())]
         names = list(link.each)
         made: dict[tuple[str, ...], dict[str, Any]] = {}
         for values in itertools.product(*(link.each[n] for n in names)):
@@ -150,7 +151,7 @@ class _Builder(Structure):
         out = []
         for values, filled in made.items():
             gate, gate_where = cells.get(values, (filled["gate"], where + ("gate",)))
-            out.append(({**filled, "gate": gate}, gate_where))
+            out.append(({**filled, "gate": gate}, gate_where, values))
         return out
 
     def _fill(self, value: Any, env: dict[str, str], where: Where) -> Any:
@@ -195,7 +196,7 @@ class _Builder(Structure):
                 raise unknown_name("thing to train", name, known, where + (i,))
         return frozenset(owners), everything
 
-    def link(self, fields: dict[str, Any], where: Where, gate_where: Where) -> Link:
+    def link(self, fields: dict[str, Any], where: Where, gate_where: Where, cell: tuple[str, ...] = ()) -> Link:
         loss: LinkKind = _unit(LINKS.get(fields["kind"]), fields, where)
         gate = _unit(GATES.get(fields["gate"]["kind"], gate_where + ("kind",)), fields["gate"], gate_where,
                      own_fields_only=False)
@@ -221,14 +222,15 @@ class _Builder(Structure):
         trains, everything = self.trains(fields["trains"], where + ("trains",))
         name = fields["name"] or (f"{kind}:{target}" if source.kind == "label" else f"{kind}:{source}->{target}")
         return Link(name=name, loss=loss, gate=gate, source=source, target=target, weight=float(fields["weight"]),
-                    trains=trains, trains_all=everything, train_adapters=bool(fields["train_adapters"]), where=where)
+                    trains=trains, trains_all=everything, train_adapters=bool(fields["train_adapters"]), where=where,
+                    cell=cell)
 
     def links_(self) -> list[Link]:
         links: list[Link] = []
         names: set[str] = set()
         for index, spec in enumerate(self.spec.links):
-            for fields, gate_where in self.expand(index, spec):
-                link = self.link(fields, ("links", index), gate_where)
+            for fields, gate_where, cell in self.expand(index, spec):
+                link = self.link(fields, ("links", index), gate_where, cell)
                 if link.name in names:
                     raise GraphError(f"two links are named `{link.name}`", where=link.where,
                                      suggestion="give one of them a `name:`")
@@ -253,6 +255,8 @@ class _Builder(Structure):
     def document(self) -> dict[str, Any]:
         """The fully resolved file as plain data; relative ``imports:`` files made absolute."""
         document = self.spec.model_dump(mode="json")
+        if document.get("search") is None:  # only a search file has one
+            document.pop("search", None)
         if self.source is not None and document.get("imports"):
             base = FilePath(self.source.file).resolve().parent
             document["imports"] = [str((base / name).resolve()) if name.endswith(".py") else name
@@ -279,13 +283,7 @@ def _unit(cls: type[BaseModel], fields: Any, where: Where, *, own_fields_only: b
     """A unit from a file entry's fields: the common fields of its section left out, or (a gate, which
     has none) every field checked, so that a `gates` cell's unknown field is an error too."""
     data = fields.model_dump() if isinstance(fields, BaseModel) else fields
-    try:
-        return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields or not own_fields_only})
-    except ValidationError as exc:
-        errors = convert_errors(exc, data)
-        for err in errors:
-            err.where = where + err.where
-        raise (errors[0] if len(errors) == 1 else GraphErrors(errors)) from None
+    return validate_section(cls, {k: v for k, v in data.items() if k in cls.model_fields or not own_fields_only}, where)
 
 
 def load_graph(path: str | FilePath, overrides: list[str] | tuple[str, ...] = (), *,

@@ -141,6 +141,7 @@ class Link:
     trains_all: bool = False
     train_adapters: bool = True
     where: Where = ()
+    cell: tuple[str, ...] = ()  # the `each` values it was made from (a `gates` cell); () without `each`
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,12 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
     Its ``imports:`` run first when ``allow_imports`` is true (else they are an error), so what
     they register is part of the schema the file is checked against.
     """
+    raw, source = read_document(path)
+    return load_document(raw, source, overrides, allow_imports=allow_imports)
+
+
+def read_document(path: str | Path) -> tuple[Any, Source]:
+    """A graph file's YAML, read safely with the line of every key; nothing is validated yet."""
     path = Path(path)
     if path.is_dir():
         raise GraphError(f"`{path}` is a folder, not a graph file", file=str(path),
@@ -53,7 +59,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
     if raw is None:
         raise GraphError("the graph file is empty", file=str(path),
                          expected="at least `networks:` and `links:` sections (see graphs/*.yaml)")
-    return load_document(raw, source, overrides, allow_imports=allow_imports)
+    return raw, source
 
 
 def load_document(raw: Any, source: Source, overrides: list[str] | tuple[str, ...] = (), *,

@@ -139,6 +139,7 @@ class GraphSpec(Strict):
     links: list[Any] = Field(min_length=1)  # made a union of the registered link kinds by graph_schema
     train: TrainSettings = TrainSettings()
     stages: list[StageSpec] = []
+    search: dict[str, Any] | None = None  # what `ktgraph search` may change: checked there (app/search)
 
     @field_validator("networks", "paths", "aggregators")
     @classmethod

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import GraphError, did_you_mean
 from .schema import GraphSpec, graph_schema
@@ -117,4 +117,15 @@ def validate(raw: Any, source: Source) -> GraphSpec:
         return graph_schema().model_validate(raw)
     except ValidationError as exc:
         errors = [source.locate(e) for e in convert_errors(exc, raw)]
+        raise (errors[0] if len(errors) == 1 else GraphErrors(errors)) from None
+
+
+def validate_section(model: type[BaseModel], data: Any, where: Loc) -> Any:
+    """One section checked against its own model; errors carry ``where`` before their field path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = convert_errors(exc, data)
+        for err in errors:
+            err.where = where + err.where
         raise (errors[0] if len(errors) == 1 else GraphErrors(errors)) from None

@@ -84,6 +84,11 @@ def is_model(name: str) -> bool:
     return True
 
 
+def check_model(name: str) -> None:
+    """The error :func:`create_model` would raise for ``name``, without building anything."""
+    _resolve(name)
+
+
 def create_model(
     name: str,
     num_classes: int,
