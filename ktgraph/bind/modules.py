@@ -28,6 +28,7 @@ class GraphModules(nn.Module):
         self.segments: dict[SegmentId, Segment] = {}
         self.adapter_units: dict[str, Adapter] = {}  # "adapters.KEY" / "regressors.KEY" -> the unit that built it
         self.fixed: frozenset[str] = frozenset()
+        self.borrowed: dict[str, tuple[SegmentId, ...]] = {}  # network -> the shared segments it runs
 
     def module(self, owner: ModuleId) -> Callable[..., Tensor] | nn.Module | None:
         """The segment, adapter, aggregator module (None for one without parameters) or regressor."""
@@ -56,10 +57,20 @@ class GraphModules(nn.Module):
         self.fixed = frozenset(networks)
         for name, network in self.networks.items():
             network.requires_grad_(name not in self.fixed)
+        for segment in self._shared_by_fixed():
+            for param in segment.parameters():
+                param.requires_grad_(True)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> GraphModules:
         super().train(mode)
         for name in self.fixed:
             self.networks[name].eval()
+        for segment in self._shared_by_fixed():
+            segment.train(mode)
         return self
+
+    def _shared_by_fixed(self) -> list[Segment]:
+        """The shared segments a fixed network runs but a free network owns: they follow their owner."""
+        return [self.segments[s] for name in self.fixed for s in self.borrowed.get(name, ())
+                if s.network not in self.fixed]

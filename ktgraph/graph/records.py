@@ -44,6 +44,9 @@ class Ref:
 
 @dataclass(frozen=True)
 class Network:
+    """A model cut into segments; a segment of another network here is shared (``shares:``): one module,
+    owned by that network, run once on the image and read by every network that shares it."""
+
     name: str
     model: str
     cuts: tuple[str, ...]
@@ -57,6 +60,11 @@ class Network:
     def parts(self) -> tuple[str, ...]:
         return tuple(s.part for s in self.segments)
 
+    @property
+    def borrowed(self) -> tuple[SegmentId, ...]:
+        """The segments this network shares with the network that owns them."""
+        return tuple(s for s in self.segments if s.network != self.name)
+
 
 @dataclass(frozen=True)
 class Path:
@@ -66,6 +74,7 @@ class Path:
     segments: tuple[SegmentId, ...]
     adapter: str
     where: Where = ()
+    declared: frozenset[tuple[SegmentId, SegmentId]] = frozenset()  # pairs some network runs in a row
 
     @property
     def owners(self) -> tuple[str, ...]:
@@ -73,11 +82,13 @@ class Path:
 
     @property
     def is_cross(self) -> bool:
-        return len(set(self.owners)) > 1
+        return bool(self.junctions())
 
     def junctions(self) -> list[AdapterId]:
-        """Consecutive segments from different networks (where adapters may sit)."""
-        return [AdapterId(a, b) for a, b in zip(self.segments, self.segments[1:]) if a.network != b.network]
+        """Consecutive segments of different networks that no network runs in a row (where adapters may
+        sit): a branch reading the trunk it shares is on its own path, not at a junction."""
+        return [AdapterId(a, b) for a, b in zip(self.segments, self.segments[1:])
+                if a.network != b.network and (a, b) not in self.declared]
 
 
 @dataclass(frozen=True)
@@ -162,7 +173,12 @@ class KTGraph:
 
     @property
     def segments(self) -> list[SegmentId]:
-        return [s for net in self.networks.values() for s in net.segments]
+        return [s for net in self.networks.values() for s in net.segments if s.network == net.name]
+
+    @property
+    def declared(self) -> frozenset[tuple[SegmentId, SegmentId]]:
+        """Every pair of segments some network runs in a row: the own-path steps, shared trunks included."""
+        return frozenset(pair for net in self.networks.values() for pair in zip(net.segments, net.segments[1:]))
 
     def path_of_feature(self, segment: SegmentId) -> tuple[SegmentId, ...]:
         """The own-path prefix that ends in ``segment``."""

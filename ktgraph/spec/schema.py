@@ -30,6 +30,7 @@ class NetworkSpec(Strict):
     weights: str | None = None
     frozen: bool = False
     kwargs: dict[str, Any] = {}
+    shares: dict[Name, Name] = {}  # part -> the network whose segment this network runs as that part
 
     @model_validator(mode="after")
     def _parts_match_cuts(self) -> NetworkSpec:
