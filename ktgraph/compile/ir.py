@@ -176,6 +176,7 @@ class Term:
     wanted: frozenset[ModuleId] | None = None
     trains: frozenset[ModuleId] = frozenset()
     deps: frozenset[ModuleId] = frozenset()
+    scales: tuple[tuple[ModuleId, float], ...] = ()  # factors on the gradient it sends into some of ``trains``
 
     def value(self, values: Mapping[str, Tensor], labels: Tensor, ctx: GateContext) -> Tensor:
         target = values[self.target]
@@ -199,6 +200,7 @@ class Group:
 
     trains: frozenset[ModuleId]
     terms: tuple[str, ...]
+    scales: tuple[tuple[ModuleId, float], ...] = ()  # every term of the group scales these alike
 
 
 @dataclass(frozen=True)

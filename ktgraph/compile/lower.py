@@ -121,7 +121,7 @@ class Lowering:
         else:  # what it names, and the adapters next to the segments it names (unless train_adapters: false)
             wanted = link.trains | self.adjacent_adapters(link)
         return Term(link=link.name, node=link.target.name, loss=link.loss, gate=link.gate, weight=link.weight,
-                    target=target, source=source, wanted=wanted)
+                    target=target, source=source, wanted=wanted, scales=link.scales)
 
     def plan(self, mode: str, stage: Stage | None, terms: tuple[Term, ...] = ()) -> Plan:
         return Plan(mode, dict(self.values), tuple(self.steps), dict(self.outputs), dict(self.features),  # type: ignore[arg-type]

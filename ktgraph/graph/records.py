@@ -16,6 +16,7 @@ from ..settings import DataSettings, TrainSettings
 from .ids import AdapterId, AggregatorId, ModuleId, SegmentId
 
 Where = tuple[str | int, ...]
+Scales = tuple[tuple[ModuleId, float], ...]  # (module, factor on the gradient a term sends into it)
 LABEL = "label"
 ALL = "all"
 
@@ -123,7 +124,8 @@ class Link:
 
     ``trains``: the owners it names, or None for "the target's own parameters";
     ``trains_all``: it trains everything its loss depends on; ``train_adapters``: an explicit
-    ``trains`` also trains the junction adapters of the target's path next to a segment it names.
+    ``trains`` also trains the junction adapters of the target's path next to a segment it names;
+    ``scales``: the factor on the gradient the loss sends into some of the modules it trains (identity forward).
     """
 
     name: str
@@ -136,6 +138,7 @@ class Link:
     trains_all: bool = False
     train_adapters: bool = True
     where: Where = ()
+    scales: Scales = ()
 
 
 @dataclass(frozen=True)
