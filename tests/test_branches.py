@@ -129,3 +129,23 @@ def test_shares_needs_the_same_model():
     text = BRANCHES.replace("b3: {model: tiny_test,", "b3: {model: tiny_test, kwargs: {width: 6},")
     with pytest.raises(GraphError, match="kwargs"):
         load_text(text)
+
+
+def test_scaled_trains_multiply_only_that_terms_gradient(batch):
+    """CE scales the trunk by 0.5, the KL links leave it whole: two groups, each exact."""
+    x, y = batch
+    text = BRANCHES.replace('target: "{i}"}\n', 'target: "{i}", trains: ["{i}", {b1.trunk: 0.5}]}\n', 1)
+    built = Built(text)
+    assert len(built.plan.groups) == 2 and {dict(g.scales).get(SegmentId("b1", "trunk")) for g in built.plan.groups} \
+        == {0.5, None}
+    losses = built.executor.losses(built.executor.forward(x), y, GateContext())
+    built.model.zero_grad(set_to_none=True)
+    built.executor.backward(losses)
+    trunk = list(built.net("b1").stem.parameters()) + list(built.net("b1").block1.parameters())
+    got = [p.grad.clone() for p in trunk]
+    losses = built.executor.losses(built.executor.forward(x), y, GateContext())  # the same values again
+    ce = sum(v for k, v in losses.items() if k.startswith("ce:"))
+    kls = sum(v for k, v in losses.items() if k.startswith("kl:"))
+    want = [0.5 * a + b for a, b in zip(torch.autograd.grad(ce, trunk, retain_graph=True), torch.autograd.grad(kls, trunk))]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=TOL, rtol=1e-4)
