@@ -149,3 +149,11 @@ def test_scaled_trains_multiply_only_that_terms_gradient(batch):
     want = [0.5 * a + b for a, b in zip(torch.autograd.grad(ce, trunk, retain_graph=True), torch.autograd.grad(kls, trunk))]
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=TOL, rtol=1e-4)
+
+
+def test_the_drawing_has_one_trunk_and_an_edge_to_each_branch():
+    from ktgraph.app.render.graph import graph_dot
+
+    source = graph_dot(load_text(BRANCHES)).source
+    assert source.count('"b1.trunk" [label') == 1 and '"b2.trunk"' not in source
+    assert all(f'"b1.trunk" -> "{b}.head"' in source for b in BRANCH_NAMES)
