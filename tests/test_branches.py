@@ -157,3 +157,12 @@ def test_the_drawing_has_one_trunk_and_an_edge_to_each_branch():
     source = graph_dot(load_text(BRANCHES)).source
     assert source.count('"b1.trunk" [label') == 1 and '"b2.trunk"' not in source
     assert all(f'"b1.trunk" -> "{b}.head"' in source for b in BRANCH_NAMES)
+
+
+def test_a_fixed_owner_fixes_the_shared_trunk_whatever_the_order():
+    built = Built(BRANCHES)
+    built.model.set_fixed(["b1"])
+    built.model.train()
+    assert not any(p.requires_grad for p in built.net("b2").stem.parameters())  # b2's model holds b1's trunk
+    assert all(p.requires_grad for p in built.net("b2").head.parameters())
+    assert not built.net("b3").block1.training and built.net("b3").block2.training

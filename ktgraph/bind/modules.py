@@ -57,20 +57,20 @@ class GraphModules(nn.Module):
         self.fixed = frozenset(networks)
         for name, network in self.networks.items():
             network.requires_grad_(name not in self.fixed)
-        for segment in self._shared_by_fixed():
+        for owner, segment in self._shared():
             for param in segment.parameters():
-                param.requires_grad_(True)
+                param.requires_grad_(owner not in self.fixed)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> GraphModules:
         super().train(mode)
         for name in self.fixed:
             self.networks[name].eval()
-        for segment in self._shared_by_fixed():
-            segment.train(mode)
+        for owner, segment in self._shared():
+            segment.train(mode and owner not in self.fixed)
         return self
 
-    def _shared_by_fixed(self) -> list[Segment]:
-        """The shared segments a fixed network runs but a free network owns: they follow their owner."""
-        return [self.segments[s] for name in self.fixed for s in self.borrowed.get(name, ())
-                if s.network not in self.fixed]
+    def _shared(self) -> list[tuple[str, Segment]]:
+        """(owner, segment) of each segment some network shares: it is fixed or free with its owner, whatever
+        the networks that share it are (their models hold its modules too)."""
+        return [(s.network, self.segments[s]) for shared in self.borrowed.values() for s in shared]

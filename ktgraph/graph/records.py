@@ -6,7 +6,7 @@ the registered units they hold (a link's loss and gate, an aggregator's kind) an
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -180,8 +180,7 @@ class KTGraph:
 
     @property
     def declared(self) -> frozenset[tuple[SegmentId, SegmentId]]:
-        """Every pair of segments some network runs in a row: the own-path steps, shared trunks included."""
-        return frozenset(pair for net in self.networks.values() for pair in zip(net.segments, net.segments[1:]))
+        return declared_pairs(self.networks.values())
 
     def path_of_feature(self, segment: SegmentId) -> tuple[SegmentId, ...]:
         """The own-path prefix that ends in ``segment``."""
@@ -212,3 +211,8 @@ class KTGraph:
             return self.ensembles[node].describes
         agg = next((a for a in self.aggregators.values() if node in a.outputs), None)
         return f"{agg.unit.kind}({', '.join(r.name for r in agg.inputs)})" if agg else ""
+
+
+def declared_pairs(networks: Iterable[Network]) -> frozenset[tuple[SegmentId, SegmentId]]:
+    """Every pair of segments some network runs in a row: the own-path steps, shared trunks included."""
+    return frozenset(pair for net in networks for pair in zip(net.segments, net.segments[1:]))

@@ -6,7 +6,7 @@ import itertools
 from ..errors import GraphError, unknown_name
 from ..spec.schema import GraphSpec
 from .ids import SegmentId
-from .records import Network, Path, Where
+from .records import Network, Path, Where, declared_pairs
 
 
 class Structure:
@@ -29,8 +29,7 @@ class Structure:
             self.segment_ids.update((f"{name}.{s.part}", s) for s in segments)
             self.networks[name] = Network(name, spec.model, tuple(spec.cuts), segments, spec.cifar_stem,
                                           spec.weights, spec.frozen, dict(spec.kwargs))
-            self.paths[name] = Path(name, segments, "none", ("networks", name),
-                                    frozenset(zip(segments, segments[1:])))
+            self.paths[name] = Path(name, segments, "none", ("networks", name), self.declared)
             self.aliases["-".join([name] * len(segments))] = name
 
     def shared(self, name: str, part: str, index: int) -> SegmentId:
@@ -67,7 +66,7 @@ class Structure:
 
     @property
     def declared(self) -> frozenset[tuple[SegmentId, SegmentId]]:
-        return frozenset(p for path in self.paths.values() if path.name in self.networks for p in path.declared)
+        return declared_pairs(self.networks.values())
 
     def segment(self, ref: str, where: Where) -> SegmentId:
         if ref not in self.segment_ids:
