@@ -43,9 +43,10 @@ def graph_dot(graph: KTGraph, details: Details = Details(), *, legend: bool = Tr
 
 
 def _trains_text(graph: KTGraph, link: Link) -> str:
-    """``trains`` in the words of the graph file: whole networks by name, the rest as parts."""
+    """``trains`` in the words of the graph file: whole networks by name, the rest as parts; scaled gradients."""
+    scaled = "".join(f", {owner} grad ×{factor:.4g}" for owner, factor in link.scales)
     if link.trains_all:
-        return "all"
+        return "all" + scaled
     names: list[str] = []
     left = set(link.trains or ())
     for net in graph.networks.values():
@@ -53,7 +54,7 @@ def _trains_text(graph: KTGraph, link: Link) -> str:
             names.append(net.name)
             left -= set(net.segments)
     names += map(str, by_name(left))
-    return ", ".join(names)
+    return ", ".join(names) + scaled
 
 
 def _link_label(graph: KTGraph, link: Link) -> str:
