@@ -166,3 +166,11 @@ def test_a_fixed_owner_fixes_the_shared_trunk_whatever_the_order():
     assert not any(p.requires_grad for p in built.net("b2").stem.parameters())  # b2's model holds b1's trunk
     assert all(p.requires_grad for p in built.net("b2").head.parameters())
     assert not built.net("b3").block1.training and built.net("b3").block2.training
+
+
+def test_the_untrained_warning_follows_the_declared_structure():
+    from ktgraph.compile import untrained
+
+    built = Built(BRANCHES.replace('each: {i: [b1, b2, b3]}, target: "{i}"}', 'target: b1}')
+                  .replace("source: ens, target: \"{i}\"", "source: ens, target: \"{i}\", trains: [b1]"))
+    assert [str(m) for m in untrained(built.program, built.bound)] == ["b2.head", "b3.head"]  # the trunk is b1's
