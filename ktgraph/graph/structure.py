@@ -141,6 +141,11 @@ class Structure:
                                                 f"ends at `{cut}`)")
             for combo in _combinations(cross.kind, cross.networks, list(parts), cross.cut, where):
                 segments = tuple(self.networks[net].segments[i] for i, net in enumerate(combo))
+                same = next((n for n in self.networks if self.networks[n].segments == segments), None)
+                if same is not None:  # branches of one trunk, crossed where they share it
+                    raise GraphError(f"cross path `{'-'.join(combo)}` runs exactly the segments of `{same}`'s own "
+                                     "path: these networks share the parts before that cut", where=where + ("networks",),
+                                     suggestion="cross them after the parts they share (`cut:`), or not at all")
                 self.add_path(Path("-".join(combo), segments, cross.adapter, where, self.declared))
 
 
