@@ -149,7 +149,10 @@ def test_every_registered_aggregator_against_a_hand_computed_value(name):
     features = [torch.randn(1, 4, 2, 2) for _ in range(3)]
     unit = AGGREGATORS[name](**({"reduction": 2} if name == "attention" else {}))
     module = unit.build([(3,)] * 3, [(4, 2, 2)] * 3)
-    got = unit.aggregate(module, AggregatorInput(logits, features if name == "attention" else [], label))
+    reads = {"attention": features, "one_gate": features[:1]}.get(name, [])
+    if name == "one_gate":
+        module.eval()  # a batch of one: its BatchNorm1d normalises with the running statistics (0 and 1)
+    got = unit.aggregate(module, AggregatorInput(logits, reads, label))
     ce = [-math.log(math.exp(z[0, 1].item()) / sum(math.exp(v) for v in z[0].tolist())) for z in logits]
     if name == "mean" or name == "kdcl_general":  # General: uniform weights until its first epoch ends
         expected = [sum(z[0] for z in logits) / 3]
@@ -160,6 +163,13 @@ def test_every_registered_aggregator_against_a_hand_computed_value(name):
     elif name == "attention":
         expected = _attention_by_hand([z[0] for z in logits], [f[0] for f in features],
                                       module.query.weight, module.key.weight)
+    elif name == "one_gate":  # softmax(ReLU(BN(Linear(pooled trunk feature)))) weighting the branches
+        pooled = features[0][0].mean(dim=(1, 2))
+        scores = [float(module.linear.weight[i] @ pooled + module.linear.bias[i]) / math.sqrt(1 + 1e-5) for i in range(3)]
+        gates = [math.exp(max(v, 0.0)) / sum(math.exp(max(u, 0.0)) for u in scores) for v in scores]
+        expected = [sum(g * z[0] for g, z in zip(gates, logits))]
+    elif name == "others_mean":
+        expected = [(sum(z[0] for z in logits) - z[0]) / 2 for z in logits]
     else:
         raise AssertionError(f"add a hand-computed case for the aggregator `{name}`")
     assert len(got) == len(unit.outputs("agg", ["p", "q", "r"]))

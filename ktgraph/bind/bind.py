@@ -140,8 +140,14 @@ class _Binder:
             named = [i for i, cut in enumerate(net.cuts) if f"`{cut}`" in err.message]
             err.where = err.where or where + (("cuts", named[-1]) if named else ("cuts",) if net.cuts else ())
             raise
+        for sid, segment in zip(net.segments, segments):
+            if sid.network == net.name:
+                self.modules.segments[sid] = segment
+            else:  # a shared trunk: this network's model runs the owner's modules, so it has one set of them
+                for path, module in self.modules.segments[sid].owned():
+                    model.set_submodule(path, module)
         self.modules.networks[net.name] = model
-        self.modules.segments.update(zip(net.segments, segments))
+        self.modules.borrowed[net.name] = net.borrowed
 
     def probe_segments(self) -> None:
         """(input, output) shape of every segment on its own network's path."""

@@ -28,6 +28,7 @@ class GraphModules(nn.Module):
         self.segments: dict[SegmentId, Segment] = {}
         self.adapter_units: dict[str, Adapter] = {}  # "adapters.KEY" / "regressors.KEY" -> the unit that built it
         self.fixed: frozenset[str] = frozenset()
+        self.borrowed: dict[str, tuple[SegmentId, ...]] = {}  # network -> the shared segments it runs
 
     def module(self, owner: ModuleId) -> Callable[..., Tensor] | nn.Module | None:
         """The segment, adapter, aggregator module (None for one without parameters) or regressor."""
@@ -56,10 +57,20 @@ class GraphModules(nn.Module):
         self.fixed = frozenset(networks)
         for name, network in self.networks.items():
             network.requires_grad_(name not in self.fixed)
+        for owner, segment in self._shared():
+            for param in segment.parameters():
+                param.requires_grad_(owner not in self.fixed)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> GraphModules:
         super().train(mode)
         for name in self.fixed:
             self.networks[name].eval()
+        for owner, segment in self._shared():
+            segment.train(mode and owner not in self.fixed)
         return self
+
+    def _shared(self) -> list[tuple[str, Segment]]:
+        """(owner, segment) of each segment some network shares: it is fixed or free with its owner, whatever
+        the networks that share it are (their models hold its modules too)."""
+        return [(s.network, self.segments[s]) for shared in self.borrowed.values() for s in shared]

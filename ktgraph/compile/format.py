@@ -5,7 +5,7 @@ order, an aggregate's under its own name; the plan itself keeps the full express
 """
 from __future__ import annotations
 
-from ..graph import by_name
+from ..graph import ModuleId, by_name
 from .fusion import FusedCall, View
 from .ir import INPUT, Call, Plan, Step, Term
 
@@ -44,7 +44,13 @@ def _trains(term: Term) -> str:
     if not term.deps:  # not routed yet: what the link asks for
         asked = "all it depends on" if term.wanted is None else ", ".join(map(str, by_name(term.wanted)))
         return f"asks to train {asked or 'nothing'}"
-    return "trains " + (", ".join(map(str, by_name(term.trains))) or "nothing")
+    return "trains " + (_owners(term.trains, term.scales) or "nothing")
+
+
+def _owners(owners: frozenset[ModuleId], scales: tuple[tuple[ModuleId, float], ...]) -> str:
+    """Owners by name, a scaled one with its gradient factor (``b1.trunk (grad ×0.333)``)."""
+    factors = dict(scales)
+    return ", ".join(f"{o} (grad ×{factors[o]:.4g})" if o in factors else str(o) for o in by_name(owners))
 
 
 def format_plan(plan: Plan, title: str = "") -> str:
@@ -83,7 +89,7 @@ def format_plan(plan: Plan, title: str = "") -> str:
     if plan.groups:
         lines += ["", "gradient groups (one backward each, restricted to these parameters):"]
         for i, group in enumerate(plan.groups, 1):
-            lines.append(f"  g{i}: trains {', '.join(map(str, by_name(group.trains)))}")
+            lines.append(f"  g{i}: trains {_owners(group.trains, group.scales)}")
             lines.append(f"      from {', '.join(group.terms)}")
     if plan.notes:
         lines += ["", "passes:"] + [f"  {note}" for note in plan.notes]

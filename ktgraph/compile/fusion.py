@@ -138,7 +138,7 @@ def choose_backward(plan: Plan, bound: BoundGraph) -> Plan:
     if not crowded:
         return replace(plan, notes=plan.notes + ("choose_backward: per-group backward (one group reaches each "
                                                  "fused call)",))
-    if bound.graph.train.update == "simultaneous":
+    if bound.graph.train.update == "simultaneous" and not any(t.scales for t in plan.terms):  # scales need groups
         routed = _routed(plan)
         if routed is not None:
             return replace(routed, notes=routed.notes + ("choose_backward: one routed backward (fused calls hand "

@@ -176,6 +176,7 @@ class Term:
     wanted: frozenset[ModuleId] | None = None
     trains: frozenset[ModuleId] = frozenset()
     deps: frozenset[ModuleId] = frozenset()
+    scales: tuple[tuple[ModuleId, float], ...] = ()  # factors on the gradient it sends into some of ``trains``
 
     def value(self, values: Mapping[str, Tensor], labels: Tensor, ctx: GateContext) -> Tensor:
         target = values[self.target]
@@ -199,6 +200,7 @@ class Group:
 
     trains: frozenset[ModuleId]
     terms: tuple[str, ...]
+    scales: tuple[tuple[ModuleId, float], ...] = ()  # every term of the group scales these alike
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,7 @@ class Plan:
     fixed: frozenset[str] = frozenset()
     backward: Literal["groups", "routed"] = "groups"
     compile: bool = False  # run the forward through torch.compile (train.compile)
+    declared: frozenset[tuple[SegmentId, SegmentId]] = frozenset()  # segment pairs some network runs in a row
     notes: tuple[str, ...] = field(default=(), compare=False)  # what passes decided, for `ktgraph plan`
 
     @cached_property
@@ -273,14 +276,16 @@ class Plan:
                        features={n: named[n] for n in nodes if n in self.features}, terms=(), groups=(), notes=())
 
     def own_path(self) -> set[str]:
-        """The values a segment computes on its own network's path: from the image, through the same
-        network's previous segment calls only (a cross path's down-half reads another network's)."""
+        """The values a segment computes on its own network's path: from the image, through the segment
+        calls its network runs before it (its own, or a trunk it shares); a cross path's down-half reads
+        another network's features."""
         own = {INPUT}
         for step in self.steps:
             if isinstance(step, Call) and isinstance(step.module, SegmentId) and step.input in own:
                 before = self.producers.get(step.input)
                 if before is None or (isinstance(before, Call) and isinstance(before.module, SegmentId)
-                                      and before.module.network == step.module.network):
+                                      and (before.module.network == step.module.network
+                                           or (before.module, step.module) in self.declared)):
                     own.add(step.out)
         return own
 

@@ -93,7 +93,8 @@ class Lowering:
         elif ref.kind == "feature":  # an own-network prefix: no junction today, but a path's rule all the same
             assert ref.segment is not None
             segments = self.graph.path_of_feature(ref.segment)
-            found = [AdapterId(a, b) for a, b in zip(segments, segments[1:]) if a.network != b.network]
+            found = [AdapterId(a, b) for a, b in zip(segments, segments[1:])
+                     if a.network != b.network and (a, b) not in self.graph.declared]
         elif ref.kind == "label" or ref.name in self.graph.ensembles:
             return frozenset()
         else:
@@ -120,11 +121,11 @@ class Lowering:
         else:  # what it names, and the adapters next to the segments it names (unless train_adapters: false)
             wanted = link.trains | self.adjacent_adapters(link)
         return Term(link=link.name, node=link.target.name, loss=link.loss, gate=link.gate, weight=link.weight,
-                    target=target, source=source, wanted=wanted)
+                    target=target, source=source, wanted=wanted, scales=link.scales)
 
     def plan(self, mode: str, stage: Stage | None, terms: tuple[Term, ...] = ()) -> Plan:
         return Plan(mode, dict(self.values), tuple(self.steps), dict(self.outputs), dict(self.features),  # type: ignore[arg-type]
-                    terms, stage=stage)
+                    terms, stage=stage, declared=self.graph.declared)
 
 
 def lower_train(bound: BoundGraph, stage: Stage) -> Plan:

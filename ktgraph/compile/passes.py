@@ -58,7 +58,8 @@ def route_gradients(plan: Plan, bound: BoundGraph) -> Plan:
         if term.source is not None and not term.loss.detached:
             deps |= plan.depends_on(term.source)
         wanted = deps if term.wanted is None else term.wanted & deps
-        return replace(term, deps=deps, trains=frozenset(o for o in wanted if o.network not in frozen))
+        trains = frozenset(o for o in wanted if o.network not in frozen)
+        return replace(term, deps=deps, trains=trains, scales=tuple((o, f) for o, f in term.scales if o in trains))
 
     return replace(plan, terms=tuple(routed(t) for t in plan.terms))
 
@@ -123,15 +124,19 @@ def group_gradients(plan: Plan, bound: BoundGraph) -> Plan:
 
 
 def gradient_groups(terms: tuple[Term, ...]) -> tuple[Group, ...]:
-    by_trains: dict[frozenset, list[Term]] = {}
+    """Terms by what they train (and the gradient factors they give), merged while routing stays exact: a
+    merged group scales a module by one factor, so groups merge only where they agree on the modules both train."""
+    by_trains: dict[tuple[frozenset, tuple], list[Term]] = {}
     for term in terms:
         if term.trains:
-            by_trains.setdefault(term.trains, []).append(term)
-    groups = [(trains, frozenset().union(*(t.deps for t in ts)), ts) for trains, ts in by_trains.items()]
+            by_trains.setdefault((term.trains, term.scales), []).append(term)
+    groups = [(trains, frozenset().union(*(t.deps for t in ts)), dict(scales), ts)
+              for (trains, scales), ts in by_trains.items()]
 
     def mergeable(a: int, b: int) -> bool:
-        (sa, da, _), (sb, db, _) = groups[a], groups[b]
-        return not (da & (sb - sa)) and not (db & (sa - sb))
+        (sa, da, fa, _), (sb, db, fb, _) = groups[a], groups[b]
+        agree = all(fa.get(o, 1.0) == fb.get(o, 1.0) for o in sa & sb)
+        return agree and not (da & (sb - sa)) and not (db & (sa - sb))
 
     while True:
         pairs = [(a, b) for a in range(len(groups)) for b in range(a + 1, len(groups)) if mergeable(a, b)]
@@ -139,10 +144,11 @@ def gradient_groups(terms: tuple[Term, ...]) -> tuple[Group, ...]:
             break
         nested = [(a, b) for a, b in pairs if groups[a][0] <= groups[b][0] or groups[b][0] <= groups[a][0]]
         a, b = (nested or pairs)[0]
-        (sa, da, ta), (sb, db, tb) = groups[a], groups[b]
-        groups[a] = (sa | sb, da | db, ta + tb)
+        (sa, da, fa, ta), (sb, db, fb, tb) = groups[a], groups[b]
+        groups[a] = (sa | sb, da | db, {**fa, **fb}, ta + tb)
         del groups[b]
-    return tuple(Group(trains, tuple(t.link for t in ts)) for trains, _, ts in groups)
+    return tuple(Group(trains, tuple(t.link for t in ts), tuple(sorted(scales.items(), key=lambda i: str(i[0]))))
+                 for trains, _, scales, ts in groups)
 
 
 TRAIN_PASSES: tuple[Pass, ...] = (prune_links, eliminate_dead_steps, route_gradients, fix_untrained,

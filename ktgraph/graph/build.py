@@ -20,7 +20,7 @@ from ..spec.schema import GraphSpec
 from ..spec.validate import validate_section
 from .cells import cell_gates
 from .ids import AdapterId, AggregatorId, ModuleId
-from .records import ALL, LABEL, Aggregator, Ensemble, KTGraph, Link, Ref, Stage, Where
+from .records import ALL, LABEL, Aggregator, Ensemble, KTGraph, Link, Ref, Scales, Stage, Where
 from .structure import Structure
 
 ENSEMBLE_NETWORKS = "mean(networks)"
@@ -107,6 +107,9 @@ class _Builder(Structure):
             if unit.reads_features == "one_per_input" and len(entry.features) != len(entry.inputs):
                 raise GraphError("`features` needs one feature per input (the pooled feature of that peer)",
                                  where=where + ("features",))
+            if unit.reads_features == "one" and len(entry.features) != 1:
+                raise GraphError(f"the {unit.kind} aggregator reads one feature", where=where + ("features",),
+                                 expected="`features: [net.part]`, e.g. the shared trunk's output")
             features = tuple(self.ref(r, where + ("features", i)) for i, r in enumerate(entry.features))
             for i, r in enumerate(features):
                 if r.kind != "feature":
@@ -172,29 +175,43 @@ class _Builder(Structure):
                                  expected="plain placeholders such as `{i}`") from None
         if isinstance(value, list):
             return [self._fill(v, env, where) for v in value]
+        if isinstance(value, dict) and where[-1:] == ("trains",):  # a scaled entry: {"{i}.trunk": 0.5}
+            return {self._fill(k, env, where): v for k, v in value.items()}
         return value
 
-    def trains(self, names: list[str] | None, where: Where) -> tuple[frozenset[ModuleId] | None, bool]:
-        if names is None:
-            return None, False
+    def trains(self, entries: list[str | dict[str, float]] | None,
+               where: Where) -> tuple[frozenset[ModuleId] | None, bool, Scales]:
+        """What a link's ``trains`` names, whether it says ``all``, and the gradient factors it gives."""
+        if entries is None:
+            return None, False, ()
         owners: set[ModuleId] = set()
+        scales: dict[ModuleId, float] = {}
         everything = False
-        for i, name in enumerate(names):
-            up, _, down = name.partition(">")
+        for i, entry in enumerate(entries):
+            name, factor = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
             if name == ALL:
+                if factor is not None:
+                    raise GraphError("`all` cannot be scaled", where=where + (i,),
+                                     suggestion="scale the modules themselves, e.g. `{b1.trunk: 0.5}`")
                 everything = True
-            elif name in self.networks:
-                owners.update(self.networks[name].segments)
-            elif name in self.segment_ids:
-                owners.add(self.segment_ids[name])
-            elif name in self.aggregators:
-                owners.add(AggregatorId(name))
-            elif up in self.segment_ids and down in self.segment_ids:
-                owners.add(AdapterId(self.segment_ids[up], self.segment_ids[down]))
-            else:
-                known = list(self.networks) + list(self.segment_ids) + list(self.aggregators) + [ALL]
-                raise unknown_name("thing to train", name, known, where + (i,))
-        return frozenset(owners), everything
+                continue
+            named = self.owners_named(name, where + (i,))
+            owners |= named
+            scales.update((owner, factor) for owner in named if factor is not None)
+        return frozenset(owners), everything, tuple(sorted(scales.items(), key=lambda item: str(item[0])))
+
+    def owners_named(self, name: str, where: Where) -> frozenset[ModuleId]:
+        up, _, down = name.partition(">")
+        if name in self.networks:
+            return frozenset(self.networks[name].segments)
+        if name in self.segment_ids:
+            return frozenset({self.segment_ids[name]})
+        if name in self.aggregators:
+            return frozenset({AggregatorId(name)})
+        if up in self.segment_ids and down in self.segment_ids:
+            return frozenset({AdapterId(self.segment_ids[up], self.segment_ids[down])})
+        known = list(self.networks) + list(self.segment_ids) + list(self.aggregators) + [ALL]
+        raise unknown_name("thing to train", name, known, where)
 
     def link(self, fields: dict[str, Any], where: Where, gate_where: Where, cell: tuple[str, ...] = ()) -> Link:
         loss: LinkKind = _unit(LINKS.get(fields["kind"]), fields, where)
@@ -219,11 +236,11 @@ class _Builder(Structure):
         if gate.masks and not (source.predicts or source.kind == "label"):
             raise GraphError(f"the {gate.kind} gate needs a source that predicts classes", where=gate_where,
                              expected=", ".join(g for g in GATES if not GATES[g].masks))
-        trains, everything = self.trains(fields["trains"], where + ("trains",))
+        trains, everything, scales = self.trains(fields["trains"], where + ("trains",))
         name = fields["name"] or (f"{kind}:{target}" if source.kind == "label" else f"{kind}:{source}->{target}")
         return Link(name=name, loss=loss, gate=gate, source=source, target=target, weight=float(fields["weight"]),
                     trains=trains, trains_all=everything, train_adapters=bool(fields["train_adapters"]), where=where,
-                    cell=cell)
+                    cell=cell, scales=scales)
 
     def links_(self) -> list[Link]:
         links: list[Link] = []

@@ -6,7 +6,7 @@ the registered units they hold (a link's loss and gate, an aggregator's kind) an
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,6 +17,7 @@ from ..zoo import RunWeights
 from .ids import AdapterId, AggregatorId, ModuleId, SegmentId
 
 Where = tuple[str | int, ...]
+Scales = tuple[tuple[ModuleId, float], ...]  # (module, factor on the gradient a term sends into it)
 LABEL = "label"
 ALL = "all"
 
@@ -45,6 +46,9 @@ class Ref:
 
 @dataclass(frozen=True)
 class Network:
+    """A model cut into segments; a segment of another network here is shared (``shares:``): one module,
+    owned by that network, run once on the image and read by every network that shares it."""
+
     name: str
     model: str
     cuts: tuple[str, ...]
@@ -58,6 +62,11 @@ class Network:
     def parts(self) -> tuple[str, ...]:
         return tuple(s.part for s in self.segments)
 
+    @property
+    def borrowed(self) -> tuple[SegmentId, ...]:
+        """The segments this network shares with the network that owns them."""
+        return tuple(s for s in self.segments if s.network != self.name)
+
 
 @dataclass(frozen=True)
 class Path:
@@ -67,6 +76,7 @@ class Path:
     segments: tuple[SegmentId, ...]
     adapter: str
     where: Where = ()
+    declared: frozenset[tuple[SegmentId, SegmentId]] = frozenset()  # pairs some network runs in a row
 
     @property
     def owners(self) -> tuple[str, ...]:
@@ -74,11 +84,13 @@ class Path:
 
     @property
     def is_cross(self) -> bool:
-        return len(set(self.owners)) > 1
+        return bool(self.junctions())
 
     def junctions(self) -> list[AdapterId]:
-        """Consecutive segments from different networks (where adapters may sit)."""
-        return [AdapterId(a, b) for a, b in zip(self.segments, self.segments[1:]) if a.network != b.network]
+        """Consecutive segments of different networks that no network runs in a row (where adapters may
+        sit): a branch reading the trunk it shares is on its own path, not at a junction."""
+        return [AdapterId(a, b) for a, b in zip(self.segments, self.segments[1:])
+                if a.network != b.network and (a, b) not in self.declared]
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,8 @@ class Link:
 
     ``trains``: the owners it names, or None for "the target's own parameters";
     ``trains_all``: it trains everything its loss depends on; ``train_adapters``: an explicit
-    ``trains`` also trains the junction adapters of the target's path next to a segment it names.
+    ``trains`` also trains the junction adapters of the target's path next to a segment it names;
+    ``scales``: the factor on the gradient the loss sends into some of the modules it trains (identity forward).
     """
 
     name: str
@@ -142,6 +155,7 @@ class Link:
     train_adapters: bool = True
     where: Where = ()
     cell: tuple[str, ...] = ()  # the `each` values it was made from (a `gates` cell); () without `each`
+    scales: Scales = ()
 
 
 @dataclass(frozen=True)
@@ -180,7 +194,11 @@ class KTGraph:
 
     @property
     def segments(self) -> list[SegmentId]:
-        return [s for net in self.networks.values() for s in net.segments]
+        return [s for net in self.networks.values() for s in net.segments if s.network == net.name]
+
+    @property
+    def declared(self) -> frozenset[tuple[SegmentId, SegmentId]]:
+        return declared_pairs(self.networks.values())
 
     def path_of_feature(self, segment: SegmentId) -> tuple[SegmentId, ...]:
         """The own-path prefix that ends in ``segment``."""
@@ -211,3 +229,8 @@ class KTGraph:
             return self.ensembles[node].describes
         agg = next((a for a in self.aggregators.values() if node in a.outputs), None)
         return f"{agg.unit.kind}({', '.join(r.name for r in agg.inputs)})" if agg else ""
+
+
+def declared_pairs(networks: Iterable[Network]) -> frozenset[tuple[SegmentId, SegmentId]]:
+    """Every pair of segments some network runs in a row: the own-path steps, shared trunks included."""
+    return frozenset(pair for net in networks for pair in zip(net.segments, net.segments[1:]))

@@ -7,7 +7,7 @@ from ..errors import GraphError, unknown_name
 from ..spec.schema import GraphSpec, MappingSpec, RunWeightsSpec
 from ..zoo import RunWeights
 from .ids import SegmentId
-from .records import CrossMapping, Network, Path, Where
+from .records import CrossMapping, Network, Path, Where, declared_pairs
 
 
 class Structure:
@@ -23,14 +23,54 @@ class Structure:
 
     def networks_(self) -> None:
         for name, spec in self.spec.networks.items():
-            segments = tuple(SegmentId(name, part) for part in spec.part_names())
-            self.segment_ids.update((str(s), s) for s in segments)
+            for part in spec.shares:
+                if part not in spec.part_names():
+                    raise unknown_name("part", part, spec.part_names(), ("networks", name, "shares", part))
+            segments = tuple(self.shared(name, part, i) if part in spec.shares else SegmentId(name, part)
+                             for i, part in enumerate(spec.part_names()))
+            self.segment_ids.update((f"{name}.{s.part}", s) for s in segments)
             weights = spec.weights if not isinstance(spec.weights, RunWeightsSpec) else RunWeights(
                 spec.weights.run, spec.weights.network)
             self.networks[name] = Network(name, spec.model, tuple(spec.cuts), segments, spec.cifar_stem,
                                           weights, spec.frozen, dict(spec.kwargs))
-            self.paths[name] = Path(name, segments, "none", ("networks", name))
+            self.paths[name] = Path(name, segments, "none", ("networks", name), self.declared)
             self.aliases["-".join([name] * len(segments))] = name
+
+    def shared(self, name: str, part: str, index: int) -> SegmentId:
+        """The owner's segment that network ``name`` runs as its ``index``-th part (``shares: {part: owner}``).
+
+        Only a leading run of parts can be shared (a trunk: it reads the image, so it is computed once for
+        every branch), from a network declared earlier that owns it, built from the same model and cuts."""
+        spec = self.spec.networks[name]
+        owner = spec.shares[part]
+        where = ("networks", name, "shares", part)
+        parts = spec.part_names()
+        if any(p not in spec.shares for p in parts[:index]):
+            raise GraphError(f"`{name}` shares `{part}` but not the parts before it", where=where,
+                             suggestion="share a trunk: the first parts, in order (" + ", ".join(parts[:index + 1]) + ")")
+        if owner not in self.networks:
+            raise unknown_name("network declared before this one", owner, self.networks, where)
+        segment = self.networks[owner].segments[index]
+        if segment.network != owner:
+            raise GraphError(f"`{owner}` shares `{segment}` itself", where=where,
+                             suggestion=f"write `{part}: {segment.network}`, the network that owns it")
+        theirs, ours = self.spec.networks[owner], spec
+        for field in ("model", "cuts", "cifar_stem", "kwargs"):
+            if getattr(theirs, field) != getattr(ours, field):
+                raise GraphError(f"`{name}` shares `{segment}` but its `{field}` differs from `{owner}`'s",
+                                 where=("networks", name, field), expected=f"{getattr(theirs, field)!r}, as `{owner}`",
+                                 suggestion="a shared trunk needs the same model and cuts on every branch")
+        if spec.weights is not None:
+            raise GraphError(f"`{name}` shares `{segment}`: its `weights` would load into a trunk it does not own",
+                             where=("networks", name, "weights"), suggestion=f"load the weights into `{owner}`")
+        if segment.part != part:
+            raise GraphError(f"`{name}`'s part `{part}` is `{owner}`'s `{segment.part}`", where=where,
+                             suggestion=f"name the part `{segment.part}` as `{owner}` does")
+        return segment
+
+    @property
+    def declared(self) -> frozenset[tuple[SegmentId, SegmentId]]:
+        return declared_pairs(self.networks.values())
 
     def segment(self, ref: str, where: Where) -> SegmentId:
         if ref not in self.segment_ids:
@@ -60,7 +100,7 @@ class Structure:
                                  where=where + ("segments", len(segments) - 1),
                                  suggestion=f"end the path with `{own[-1]}`; to compare features use a mimic link "
                                             "on `net.part`")
-            self.add_path(Path(name, segments, spec.adapter, where))
+            self.add_path(Path(name, segments, spec.adapter, where, self.declared))
 
     def _check_order(self, name: str, segments: tuple[SegmentId, ...], where: Where) -> None:
         """A path reads the image first, and segments of one network follow each other in its order."""
@@ -105,9 +145,14 @@ class Structure:
                                                 f"ends at `{cut}`)")
             names = []
             for combo in _combinations(cross.kind, cross.networks, list(parts), cross.cut, where):
-                segments = tuple(SegmentId(net, part) for net, part in zip(combo, parts))
+                segments = tuple(self.networks[net].segments[i] for i, net in enumerate(combo))
+                same = next((n for n in self.networks if self.networks[n].segments == segments), None)
+                if same is not None:  # branches of one trunk, crossed where they share it
+                    raise GraphError(f"cross path `{'-'.join(combo)}` runs exactly the segments of `{same}`'s own "
+                                     "path: these networks share the parts before that cut", where=where + ("networks",),
+                                     suggestion="cross them after the parts they share (`cut:`), or not at all")
                 names.append("-".join(combo))
-                self.add_path(Path(names[-1], segments, cross.adapter, where))
+                self.add_path(Path(names[-1], segments, cross.adapter, where, self.declared))
             if cross.mapping is not None:
                 if cross.mapping.split == "val" and self.spec.data.val_split == 0:
                     raise GraphError("mapping.split is `val` but the data has no validation split",
@@ -124,7 +169,7 @@ def _mapping(spec: MappingSpec, networks: list[str], cuts: list[str], paths: tup
         if cut not in cuts:
             raise unknown_name("cut of this cross", cut, cuts, where + ("cut", ci))
     return CrossMapping(tuple(networks), tuple(spec.cut or cuts), paths, spec.method, spec.score, spec.batches,
-                   spec.split, where)
+                        spec.split, where)
 
 
 def _combinations(kind: str, nets: list[str], parts: list[str], cuts: list[str] | None,

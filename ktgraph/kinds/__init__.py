@@ -7,6 +7,7 @@ Each family is a :class:`~ktgraph.registry.Registry`; ``register_link``, ``regis
 from .adapters import ADAPTERS, AUTO, NONE, Adapter, AdapterChoice, adapter_label, make_adapter, register_adapter
 from .aggregators import AGGREGATORS, AggregatorInput, AggregatorKind, register_aggregator
 from .base import EpochInfo, HeldOut, Unit
+from . import branches as _branches  # noqa: F401  (registers ONE's gate and CL-ILR's target)
 from . import kdcl as _kdcl  # noqa: F401  (registers KDCL's teachers)
 from .gates import GATES, Gate, GateContext, ramp_weight, register_gate
 from .losses import LINKS, LinkInput, LinkKind, correct_mask, register_link

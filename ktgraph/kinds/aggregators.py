@@ -41,8 +41,8 @@ class AggregatorInput:
 class AggregatorKind(Unit):
     """An aggregator. Its graph-file entry also has ``inputs`` (logits) and ``features``.
 
-    ``min_inputs``: how many inputs it needs; ``reads_features``: ``none`` or ``one_per_input``
-    (intermediate features aligned with the inputs); ``uses_labels``: it reads the labels,
+    ``min_inputs``: how many inputs it needs; ``reads_features``: ``none``, ``one_per_input``
+    (intermediate features aligned with the inputs) or ``one`` (a single feature, such as a shared trunk's); ``uses_labels``: it reads the labels,
     so evaluation (which must not see them) does not report it; ``per_input``: one output per
     input (named ``aggregator.input``) instead of one named like the aggregator; ``needs_heldout``: its
     ``on_epoch_end`` estimates its state on the validation split, so the data must have one.
@@ -51,7 +51,7 @@ class AggregatorKind(Unit):
     family: ClassVar[str] = "aggregator"
     registry: ClassVar[Registry[type[AggregatorKind]]] = AGGREGATORS
     min_inputs: ClassVar[int] = 1
-    reads_features: ClassVar[Literal["none", "one_per_input"]] = "none"
+    reads_features: ClassVar[Literal["none", "one_per_input", "one"]] = "none"
     uses_labels: ClassVar[bool] = False
     per_input: ClassVar[bool] = False
     needs_heldout: ClassVar[bool] = False
@@ -117,7 +117,7 @@ class Attention(AggregatorKind):
     kind: Literal["attention"] = "attention"
     reduction: int = Field(8, gt=0, description="W_L and W_E map d to d/reduction")
     min_inputs: ClassVar[int] = 2
-    reads_features: ClassVar[Literal["none", "one_per_input"]] = "one_per_input"
+    reads_features: ClassVar[Literal["none", "one_per_input", "one"]] = "one_per_input"
     per_input: ClassVar[bool] = True
     shape: ClassVar[str] = "doubleoctagon"
 

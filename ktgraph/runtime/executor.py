@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..bind import GraphModules
-from ..compile import INPUT, Call, Plan
+from ..compile import INPUT, Call, Group, Plan
 from ..compile.fusion import FusedCall
 from ..compile.ir import Stats
 from ..graph import ModuleId
@@ -150,6 +150,20 @@ class Executor:
             params = self._parameters(owners) if owners else []
             total = sum(losses[name] for name in group.terms)
             if params and isinstance(total, Tensor) and total.requires_grad:
-                work.append((total, params))
-        for n, (total, params) in enumerate(work):
-            torch.autograd.backward(scale(total), inputs=params, retain_graph=n < len(work) - 1)
+                work.append((total, params, self._factors(group, owners)))
+        for n, (total, params, factors) in enumerate(work):
+            if not factors:
+                torch.autograd.backward(scale(total), inputs=params, retain_graph=n < len(work) - 1)
+                continue
+            grads = torch.autograd.grad(scale(total), params, retain_graph=n < len(work) - 1, allow_unused=True)
+            for param, grad in zip(params, grads):
+                if grad is not None:
+                    grad = grad * factors[id(param)] if id(param) in factors else grad
+                    param.grad = grad if param.grad is None else param.grad + grad
+
+    def _factors(self, group: Group, owners: frozenset[ModuleId]) -> dict[int, float]:
+        """The factor on each scaled parameter's gradient (``trains: [{module: factor}]``), by parameter id: the
+        same as an identity-forward, scaled-backward function on the module's output when the module reads the
+        image (a shared trunk), for then its parameters are all the gradient reaches."""
+        return {id(p): factor for owner, factor in group.scales if owner in owners
+                for p in self.modules.parameters_of([owner])}

@@ -37,6 +37,7 @@ class NetworkSpec(Strict):
     weights: str | RunWeightsSpec | None = None
     frozen: bool = False
     kwargs: dict[str, Any] = {}
+    shares: dict[Name, Name] = {}  # part -> the network whose segment this network runs as that part
 
     @model_validator(mode="after")
     def _parts_match_cuts(self) -> NetworkSpec:
@@ -104,11 +105,20 @@ class LinkCommon(Strict):
     source: str = "label"
     weight: float = 1.0
     allow_negative: bool = False  # a negative weight maximises the loss: only when the file says so
-    trains: list[str] | None = None
+    trains: list[str | dict[str, float]] | None = None  # an entry {module: factor} scales the gradient it gets
     train_adapters: bool = True  # an explicit `trains` also trains the junction adapters next to what it names
     each: dict[Name, list[str]] | None = None
     distinct: bool = True
     gates: dict[str, Any] | None = None  # one gate per expanded link, nested once per `each` variable
+
+    @field_validator("trains")
+    @classmethod
+    def _one_scale_each(cls, value: list[str | dict[str, float]] | None) -> list[str | dict[str, float]] | None:
+        for entry in value or ():
+            if isinstance(entry, dict) and (len(entry) != 1 or not all(0 < f < float("inf") for f in entry.values())):
+                raise ValueError("a scaled `trains` entry is one module and a positive factor, e.g. "
+                                 "`{b1.trunk: 0.3333333333333333}`")
+        return value
 
     @model_validator(mode="after")
     def _negative_weight_meant(self) -> LinkCommon:

@@ -43,9 +43,10 @@ def graph_dot(graph: KTGraph, details: Details = Details(), *, legend: bool = Tr
 
 
 def _trains_text(graph: KTGraph, link: Link) -> str:
-    """``trains`` in the words of the graph file: whole networks by name, the rest as parts."""
+    """``trains`` in the words of the graph file: whole networks by name, the rest as parts; scaled gradients."""
+    scaled = "".join(f", {owner} grad ×{factor:.4g}" for owner, factor in link.scales)
     if link.trains_all:
-        return "all"
+        return "all" + scaled
     names: list[str] = []
     left = set(link.trains or ())
     for net in graph.networks.values():
@@ -53,7 +54,7 @@ def _trains_text(graph: KTGraph, link: Link) -> str:
             names.append(net.name)
             left -= set(net.segments)
     names += map(str, by_name(left))
-    return ", ".join(names)
+    return ", ".join(names) + scaled
 
 
 def _link_label(graph: KTGraph, link: Link) -> str:
@@ -126,6 +127,8 @@ class _GraphDrawing:
                        + (f", frozen in stage {', '.join(frozen)}" if frozen and not net.frozen else ""),
                        style="rounded", color="#7f7f7f", fontsize="12")
                 for i, segment in enumerate(net.segments, 1):
+                    if segment in net.borrowed:  # a shared trunk: drawn once, in its owner's box
+                        continue
                     stages = tuple(self.stages.get(segment, ()))
                     c.node(str(segment), lines(segment.part, _stage_text(stages) if stages != (segment.part,) else ""),
                            shape="box", style="rounded,filled", fillcolor=self.fill[net.name], tooltip=str(segment))
@@ -136,8 +139,9 @@ class _GraphDrawing:
                 self.level[net.name] = len(net.segments) + 1
                 self.used.use("logits")
             ids = [str(s) for s in net.segments]
-            self.dot.edge(INPUT_NODE, ids[0], weight="10")
-            for a, b in zip(ids, ids[1:]):
+            if not net.borrowed:
+                self.dot.edge(INPUT_NODE, ids[0], weight="10")
+            for a, b in list(zip(ids, ids[1:]))[max(len(net.borrowed) - 1, 0):]:  # the owner draws the trunk's own
                 self.dot.edge(a, b, weight="10")
             self.dot.edge(ids[-1], net.name, weight="10")
 
