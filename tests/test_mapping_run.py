@@ -3,6 +3,7 @@ checkpoint and not recomputed on resume; adapters between widths; ``weights: {ru
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,7 @@ def test_a_bad_mapping_is_a_located_error(tmp_path: Path, mapping: str, where: s
     line = next(n for n, t in enumerate(text.splitlines(), 1) if t.strip().startswith("mapping:"))
     file = tmp_path / "bad.yaml"
     file.write_text(text.replace("{method: hungarian, score: correlation, batches: 8, split: train}", mapping))
+    shutil.copytree(GRAPH.parent / "recipes", tmp_path / "recipes")  # the shared recipe the file builds on
     assert main(["validate", str(file), "--no-build"]) == 2
     err = capsys.readouterr().err
     assert f"bad.yaml:{line}:" in err and where in err and message in err
