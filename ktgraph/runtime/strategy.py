@@ -211,7 +211,8 @@ class Distributed(Local):
 
     def close(self) -> None:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            with contextlib.suppress(RuntimeError, dist.DistError):  # a peer may be gone already: leave anyway
+                dist.destroy_process_group()
 
     def _all_reduce(self, tensor: Tensor) -> None:
         with self.guard():
