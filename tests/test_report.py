@@ -249,9 +249,16 @@ def test_report_without_xross_md_tabulates_the_csv(tmp_path):
 
 
 def test_report_of_a_missing_directory_is_a_graph_error(tmp_path):
-    with pytest.raises(GraphError, match="not a run directory"):
+    with pytest.raises(GraphError, match="run directory does not exist"):
         write_report(tmp_path / "nope")
     assert main(["report", str(tmp_path / "nope")]) == 2
+
+
+def test_report_of_a_folder_that_is_not_a_run_writes_nothing(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["report", str(tmp_path)]) == 2  # as `eval` does
+    assert "not a run directory (no config.yaml)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_xross_rows_are_read_with_the_writer_s_reader(tmp_path):

@@ -118,3 +118,37 @@ def test_every_bundled_graph_trains(graph, tmp_path):
 def test_resume_refuses_overrides(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path), "train.epochs=3"]) == 2
     assert "--resume continues a run" in capsys.readouterr().err
+
+
+def test_each_epoch_prints_its_accuracies_and_a_finished_run_is_not_resumed(tmp_path, capsys):
+    out = tmp_path / "kd"
+    assert main(["run", str(ROOT / "graphs/kd.yaml"), "--out", str(out), "--no-progress", "stages.0.epochs=1",
+                 "stages.1.epochs=2", *QUICK]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"run directory: {out}"
+    lines = [line for line in err if " · " in line]
+    expected = []
+    best: dict[str, tuple[float, str, int]] = {}
+    for line, epochs in zip(metrics(out), [1, 2, 2], strict=True):  # the line follows metrics.jsonl
+        parts = [f"{line['stage']} {line['epoch']}/{epochs}"]
+        for net in ["teacher", "student"]:
+            top1 = line["test"][net]["top1"]
+            if net not in best or top1 > best[net][0]:
+                best[net] = (top1, line["stage"], line["epoch"])
+            parts.append(f"{net} {top1:.2f} (best {best[net][0]:.2f}, {best[net][1]} ep {best[net][2]})")
+        expected.append(" · ".join(parts + [f"{line['seconds']:.1f} s"]))
+    assert lines == expected
+
+    summary = (out / "summary.json").stat().st_mtime_ns
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the run is finished" in err and f"ktgraph eval {out}" in err and "run directory:" not in err
+    assert (out / "summary.json").stat().st_mtime_ns == summary and len(metrics(out)) == 3
+
+
+def test_a_refused_run_names_no_run_directory(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    assert main(["run", str(ROOT / "graphs/kd.yaml"), "--out", str(tmp_path / "taken"), "--no-progress",
+                 *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "run directory is a file" in err and "run directory:" not in err

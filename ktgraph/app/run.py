@@ -36,6 +36,7 @@ from ..runtime.rundir import CONFIG, ENV, GRAPH_SVG, STATUS, SUMMARY, safe_name
 from ..runtime.strategy import Local, from_environment
 from ..runtime.trainer import Progress
 from .mapping import run_reporter
+from .progress import ProgressLines
 from .render import details_of, graph_dot, render
 from .report import TensorBoardLogger, write_report
 from .tables import accuracy_rows
@@ -86,6 +87,19 @@ def check_run_dir(graph: KTGraph, run: RunDir, *, overwrite: bool = False) -> No
                                 "--overwrite to replace the run files there")
 
 
+def check_unfinished(graph: KTGraph, run: RunDir, payload: dict[str, Any]) -> None:
+    """Refuse to resume a finished run (its checkpoint after the last epoch, its tables written): resuming
+    would only evaluate it again and rewrite its files. An earlier checkpoint copied over ``last.pt`` resumes."""
+    last = graph.stages[-1]
+    at_end = payload["stage"] >= len(graph.stages) or (payload["stage"] == len(graph.stages) - 1
+                                                       and payload["epoch"] >= last.epochs)
+    if at_end and (run / SUMMARY).is_file() and (run.read_json(STATUS) or {}).get("state") == "trained":
+        raise GraphError("the run is finished: every epoch of every stage is trained and its tables are written; "
+                         "nothing to resume", file=str(run.path),
+                         suggestion=f"`ktgraph eval {run}` evaluates its paths again and rewrites the tables, "
+                                    f"`ktgraph report {run}` its report; to train longer, start a new run")
+
+
 def environment(graph: KTGraph, argv: list[str], device: str, processes: int = 1) -> dict[str, Any]:
     return {"seed": graph.train.seed, "threads": torch.get_num_threads(), "device": device, "processes": processes,
             "command": argv, "python": sys.version.split()[0],
@@ -125,9 +139,11 @@ def fit(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite:
     with contextlib.ExitStack() as held:
         if not resume:
             _on_main(strategy, lambda: check_run_dir(graph, run, overwrite=overwrite))
-        else:  # refused at once when another process uses the folder, or its checkpoint is unusable
+        else:  # refused at once when finished, when another process uses the folder, or its checkpoint is unusable
             _on_main(strategy, lambda: held.enter_context(run.lock("run --resume")))
         payload = run.load_checkpoint(map_location="cpu", resume=True) if resume else None
+        if payload is not None:
+            _on_main(strategy, lambda: check_unfinished(graph, run, payload))
         trainer = Trainer(prepare(graph, strategy=strategy), run, progress_bar=progress_bar, strategy=strategy,
                           callbacks=callbacks)  # fails on bad input before any file
         if graph.mappings:
@@ -201,11 +217,9 @@ def run_one(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwr
     """``ktgraph run`` of one graph: on this process, or as one rank of a torchrun job (rank 0 prints)."""
     strategy = from_environment(graph.train.device)
     run_dir = strategy.broadcast_object(str(run_dir))  # rank 0's folder (the time in its name) on every rank
-    if strategy.is_main:
-        print(f"run directory: {run_dir}" + (f" ({strategy.world} processes)" if strategy.world > 1 else ""),
-              file=sys.stderr)
+    lines = [ProgressLines(run_dir, graph.networks, strategy.world)] if strategy.is_main else []
     return train(graph, run_dir, resume=resume, overwrite=overwrite, progress_bar=progress_bar, argv=sys.argv,
-                 strategy=strategy, echo=print if strategy.is_main else lambda text: None)
+                 strategy=strategy, echo=print if strategy.is_main else lambda text: None, callbacks=lines)
 
 
 def _on_main(strategy: Local, action: Callable[[], object]) -> None:

@@ -92,10 +92,12 @@ class EpochEnd:
 
 @dataclass(frozen=True)
 class AfterEvaluation:
-    """The epoch's metrics line (as ``metrics.jsonl`` holds it), identical on every process."""
+    """The epoch's metrics line (as ``metrics.jsonl`` holds it), identical on every process, and each node's
+    best entry so far (as ``Progress.best``: chosen on val when there is one, else test)."""
 
     epoch: EpochInfo
     metrics: dict[str, Any]
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,15 @@ class RunDir:
     def is_run(self) -> bool:
         return (self.path / CONFIG).is_file()
 
+    def require(self) -> None:
+        """A located error unless the folder is a run directory: every command that reads one says the same."""
+        if not self.path.is_dir():
+            raise GraphError("the run directory does not exist", file=str(self),
+                             suggestion="give the folder `ktgraph run --out` wrote")
+        if not self.is_run():
+            raise GraphError(f"not a run directory (no {CONFIG})", file=str(self),
+                             suggestion="give the folder `ktgraph run --out` wrote")
+
     def contents(self) -> list[str]:
         """The names in the folder, its lock and the temporary files of interrupted writes left out."""
         if not self.path.is_dir():

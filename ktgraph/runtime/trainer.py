@@ -187,7 +187,7 @@ class Trainer:
             # Metrics first: a crash before the checkpoint replays this epoch, and resume drops its line.
             if self.strategy.is_main:
                 self.run_dir.append_metrics(line)
-            self.events.emit("after_evaluation", AfterEvaluation(info, line))
+            self.events.emit("after_evaluation", AfterEvaluation(info, line, self.state.best))
             payload = {"model": self.modules.state_dict(), "optimizer": optimizer.state_dict(),
                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "stage": self.state.stage,
                        "epoch": self.state.epoch, "best": self.state.best, "last": self.state.last,

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...errors import GraphError
 from ...runtime.measure import Row
 from ...runtime.rundir import (CHECKPOINT, CONFIG, CURVES, ENV, GRAPH_IMAGES, HEATMAP, METRICS, PARETO, REPORT,
                                SUMMARY, TENSORBOARD, XROSS_CSV, XROSS_MD, RunDir)
@@ -31,9 +30,7 @@ def write_report(run_dir: str | Path, *, plots: bool = True) -> Path:
     ``xross.csv``, gets a report of what is there.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise GraphError(f"{run_dir} is not a run directory", file=str(run_dir),
-                         suggestion="give the directory `ktgraph run --out` wrote")
+    RunDir(run_dir).require()
     if plots:
         write_plots(run_dir)
     return RunDir(run_dir).write_text(REPORT, render_report(run_dir))
