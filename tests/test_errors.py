@@ -172,3 +172,21 @@ def test_argparse_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[s
     assert exit_info.value.code == 2
     output = capsys.readouterr().err
     assert "usage: ktgraph" in output and "Traceback" not in output
+
+
+def test_an_epochs_override_that_stages_ignore_names_their_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = run_cli(capsys, "validate", str(ROOT / "graphs" / "dcl.yaml"), "train.epochs=1", "--no-build")
+    assert code == 0
+    assert ("warning: override `train.epochs=1` is the default of stages without their own `epochs`; these keep "
+            "theirs: `stages.0.epochs` (pretrain: 3), `stages.1.epochs` (dcl: 5)") in output
+    assert "hint: override them instead, e.g. stages.0.epochs=1 stages.1.epochs=1" in output
+    code, output = run_cli(capsys, "validate", str(ROOT / "graphs" / "dml.yaml"), "train.epochs=1", "--no-build")
+    assert code == 0 and "warning" not in output  # no stages: the override applies
+
+
+def test_warnings_print_as_messages_without_ktgraph_s_source(capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = run_cli(capsys, "validate", str(ROOT / "graphs" / "kd.yaml"), "stages.0.links=[ce:student]")
+    assert code == 0
+    lines = output.splitlines()
+    assert "warning: graphs/kd.yaml: trained by no link of any stage" in output.replace(str(ROOT) + "/", "")
+    assert not [line for line in lines if ".py:" in line or "warnings.warn" in line], output

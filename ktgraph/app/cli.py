@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from ..compile import Plan
@@ -29,6 +30,7 @@ from .cli_base import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_TERMINATED, EXIT_U
 from .cli_methods import add_method_commands, add_seed_options
 from .cli_run import cmd_run
 from .mapping import add_map_command
+from .progress import show_warning
 from .pick import parse_amount, pick
 from .render import FORMATS, details_of, graph_dot, matrix_dot, plans_dot, render
 from .report import write_report
@@ -305,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         top.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.targets = list(getattr(args, "targets", [])) + extra
     try:
-        with sigterm_raises():
+        with sigterm_raises(), warnings.catch_warnings():
+            warnings.showwarning = show_warning
             return args.func(args)
     except GraphError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Loading a graph file: read it safely, apply overrides, run opt-in imports, validate."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,7 +70,23 @@ def load_document(raw: Any, source: Source, overrides: list[str] | tuple[str, ..
         for assignment in overrides:
             apply_override(raw, assignment, source)
         import_user_modules(raw, source, allow_imports)
-    return LoadedGraph(spec=validate(raw, source), source=source, raw=raw)
+    spec = validate(raw, source)
+    _warn_shadowed_epochs(spec, source)
+    return LoadedGraph(spec=spec, source=source, raw=raw)
+
+
+def _warn_shadowed_epochs(spec: GraphSpec, source: Source) -> None:
+    """``train.epochs`` is only the default of stages that set no ``epochs``: an override of it that some
+    stage ignores says so (a stage's own number is the file's choice; the override does not replace it)."""
+    assignment = source.overrides.get(("train", "epochs"))
+    own = [(i, stage) for i, stage in enumerate(spec.stages) if stage.epochs is not None]
+    if assignment is None or not own:
+        return
+    fields = ", ".join(f"`stages.{i}.epochs` ({stage.name}: {stage.epochs})" for i, stage in own)
+    value = assignment.partition("=")[2]
+    warnings.warn(f"override `{assignment}` is the default of stages without their own `epochs`; these keep "
+                  f"theirs: {fields}\n  hint: override them instead, e.g. "
+                  + " ".join(f"stages.{i}.epochs={value}" for i, _ in own), stacklevel=3)
 
 
 def load_model_file(path: Path, model: type[Model], *, what: str, expected: str) -> tuple[Model, Source]:
