@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT
 from ktgraph.errors import GraphError
 from ktgraph.app.cli import main
+from ktgraph.app.report.plots import colour_range
 from ktgraph.app.report import (TensorBoardLogger, plot_curves, plot_pareto, plot_xross_heatmap, write_plots,
                                 write_report)
 from ktgraph.app.report.markdown import links_in
@@ -122,6 +123,33 @@ def test_two_part_heatmap_is_up_by_down(tmp_path):
     assert "Every path" not in text  # two parts: the heatmap shows every path, no bar chart
 
 
+def test_heatmap_colours_span_ten_test_images_and_the_caption_says_what_one_is():
+    # Two images apart on 360 test images: the colours span 10 images (2.78 points), kept within 100 %.
+    assert colour_range([99.16, 99.72], 360) == pytest.approx((100 - 1000 / 360, 100))
+    assert colour_range([40.0, 60.0], 360) == (40.0, 60.0)  # a wide spread stays as it is
+    assert colour_range([50.0, 50.2], None) == pytest.approx((49.6, 50.6))  # unknown count: at least 1 point
+
+
+def test_heatmap_caption_reads_the_run_s_number_of_test_images(tmp_path):
+    run = make_run(tmp_path)
+    lines = [{**line, "images": {"test": 360}} for line in metrics_lines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = svg_text(plot_xross_heatmap(run))
+    assert "one test image = 0.28 points of top-1 (360 test images)" in text
+    assert "the colour scale spans at least 10 images" in text
+
+
+def test_curves_mark_the_calibrated_nodes(tmp_path):
+    run = make_run(tmp_path)
+    lines = metrics_lines()
+    lines[-1]["calibrated"] = ["net1-net2", "net2-net1"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = svg_text(plot_curves(run))
+    assert "net1-net2 (calibrated)" in text and "net2-net1 (calibrated)" in text
+    assert not re.search(r"(?<![-\w])net1 \(calibrated\)", text) and "mean(networks) (calibrated)" not in text
+    assert "with their own running statistics" in text
+
+
 def test_three_part_heatmaps_per_cut_and_every_path(tmp_path):
     out = plot_xross_heatmap(make_run(tmp_path, XROSS_3))
     text = svg_text(out)
@@ -144,6 +172,22 @@ def test_pareto_svg_labels_every_path(tmp_path):
         assert multi_name(parts) in text
     assert "Pareto front" in text and "#params" in text
     assert "no MACs per image in xross.csv" in text  # the second panel says why it is empty
+
+
+def test_pareto_has_one_legend_and_stacks_labels_of_one_cost(tmp_path):
+    shared = XROSS_2.replace("3200000000", "2500000000")  # net2-net1 now costs net1-net2's MACs
+    out = plot_pareto(make_run(tmp_path, shared))
+    text = svg_text(out)
+    assert text.count("aggregate / ensemble") == 1  # one legend, outside both panels (it hid points inside)
+    root = ET.parse(out).getroot()
+    labels: dict[str, list[str | None]] = {}
+    # In each panel, the two labels at one cost must sit at different heights (in the MACs panel they share it).
+    for group in root.iter("{http://www.w3.org/2000/svg}g"):
+        for child in group:
+            if child.tag.endswith("text") and child.text in ("net1-net2", "net2-net1"):
+                labels.setdefault(child.text, []).append(child.get("y"))
+    assert len(labels) == 2 and all(len(v) == 2 for v in labels.values())
+    assert labels["net1-net2"][1] != labels["net2-net1"][1]
 
 
 def test_missing_inputs_are_skipped(tmp_path):

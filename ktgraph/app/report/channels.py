@@ -8,14 +8,14 @@ import matplotlib
 from matplotlib import colors as mcolors
 from torch import Tensor
 
-from .plots import _figure, _save
+from .figure import new_figure, save_svg
 
 def plot_channel_scores(before: Tensor, order: Sequence[int], title: str, out: str | Path) -> Path:
     """Two heatmaps of a cut's channel scores: the networks' own order, and after mapping (columns reordered,
     so a good mapping shows a bright diagonal)."""
     matrix = [list(map(float, row)) for row in before.tolist()]
     after = [[row[j] for j in order] for row in matrix]
-    fig = _figure(11, 5)
+    fig = new_figure(11, 5)
     axes = fig.subplots(1, 2)
     values = [v for row in matrix for v in row]
     norm = mcolors.Normalize(vmin=min(values), vmax=max(values) if max(values) > min(values) else min(values) + 1e-9)
@@ -28,4 +28,4 @@ def plot_channel_scores(before: Tensor, order: Sequence[int], title: str, out: s
         ax.set_xlabel("mapped network's channel")
     fig.colorbar(image, ax=list(axes), label="score", shrink=0.85)
     fig.suptitle(title)
-    return _save(fig, Path(out))
+    return save_svg(fig, Path(out))

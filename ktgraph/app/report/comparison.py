@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .plots import _colors, _figure, _save, percent_limits
+from .figure import new_figure, percent_limits, save_svg
+from .plots import _colors
 
 Point = tuple[str, str, float, float]  # method, node, mean, standard deviation (0 for one seed)
 
@@ -15,7 +16,7 @@ def plot_comparison(points: Sequence[Point], methods: Sequence[str], nodes: Sequ
     """One marker per (method, node), the methods side by side within each node; None when nothing to draw."""
     if not points:
         return None
-    fig = _figure(max(6.0, 1.1 * len(nodes) + 2.5), 4.2)
+    fig = new_figure(max(6.0, 1.1 * len(nodes) + 2.5), 4.2)
     ax = fig.subplots()
     colors = _colors(list(methods))
     at = {(method, node): (mean, std) for method, node, mean, std in points}
@@ -35,4 +36,4 @@ def plot_comparison(points: Sequence[Point], methods: Sequence[str], nodes: Sequ
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title("mean ± standard deviation over seeds", fontsize=10)
-    return _save(fig, out)
+    return save_svg(fig, out)

@@ -21,30 +21,12 @@ from typing import Any
 import matplotlib
 from matplotlib import colors as mcolors
 from matplotlib import patches as mpatches
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
 from ...runtime.measure import Row
 from ...runtime.rundir import CURVES, HEATMAP, PARETO, RunDir
-from ..tables import human_count, pareto_indices
-
-_SVG_RC = {"svg.fonttype": "none", "svg.hashsalt": "ktgraph"}
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with matplotlib.rc_context(_SVG_RC):
-        fig.savefig(out, format="svg", metadata={"Date": None})
-    return out
-
+from ..tables import human_count
+from .figure import new_figure, percent_limits, resolve_source, save_svg
+from .pareto import plot_pareto
 
 def _colors(names: Sequence[str]) -> dict[str, Any]:
     cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
@@ -52,16 +34,6 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
         return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
     wheel = matplotlib.colormaps["hsv"]
     return {n: wheel(i / len(names)) for i, n in enumerate(names)}
-
-
-def _resolve(source: Any, out: str | Path | None, default_name: str) -> tuple[Path | None, Path | None]:
-    """(run dir or None, output path): a path-like source is a run directory."""
-    if isinstance(source, (str, Path)):
-        run_dir = Path(source)
-        return run_dir, Path(out) if out is not None else run_dir / default_name
-    if out is None:
-        raise ValueError(f"give `out` when passing data instead of a run directory (e.g. run_dir/{default_name})")
-    return None, Path(out)
 
 
 # --- training curves -----------------------------------------------------------------
@@ -72,7 +44,7 @@ def plot_curves(source: str | Path | Sequence[dict[str, Any]], out: str | Path |
     counts epochs across stages (1, 2, ...); dotted lines mark where a stage begins.
     Validation top-1, when the run has a validation split, is drawn dashed.
     """
-    run_dir, out = _resolve(source, out, CURVES)
+    run_dir, out = resolve_source(source, out, CURVES)
     lines = RunDir(run_dir).read_metrics() if run_dir is not None else sorted(
         source, key=lambda d: (d.get("stage_index", 0), d.get("epoch", 0)))
     if not lines:
@@ -85,10 +57,11 @@ def plot_curves(source: str | Path | Sequence[dict[str, Any]], out: str | Path |
                 if node not in nodes:
                     nodes.append(node)
     colors = _colors(nodes)
+    calibrated = {node for line in lines for node in line.get("calibrated") or ()}
     has_val = any(line.get("val") for line in lines)
     markers = len(lines) <= 30
 
-    fig = _figure(11, 7.5)
+    fig = new_figure(11, 7.5)
     loss_ax, acc_ax = fig.subplots(2, 1, sharex=True)
     for node in nodes:
         loss = [_get(line, "node_loss", node) for line in lines]
@@ -97,7 +70,7 @@ def plot_curves(source: str | Path | Sequence[dict[str, Any]], out: str | Path |
                          label=node)
         test = [_get(line, "test", node, "top1") for line in lines]
         acc_ax.plot(xs, _nan(test), color=colors[node], marker="o" if markers else None, markersize=3,
-                    label=node)
+                    label=node + _CALIBRATED if node in calibrated else node)
         if has_val:
             val = [_get(line, "val", node, "top1") for line in lines]
             if any(v is not None for v in val):
@@ -131,7 +104,14 @@ def plot_curves(source: str | Path | Sequence[dict[str, Any]], out: str | Path |
     fig.legend(handles, labels, loc="outside right upper", fontsize=8, ncol=1 if len(nodes) <= 20 else 2,
                title="node")
     fig.suptitle("Training curves per node: loss (top), test top-1 (bottom)")
-    return _save(fig, out)
+    if calibrated:  # calibrated paths and uncalibrated networks are not the same measurement
+        fig.supxlabel(f"{_CALIBRATED.strip()} evaluated with BatchNorm statistics calibrated on training batches "
+                      "(train.calibrate); the other nodes with their own running statistics", x=0.01, ha="left",
+                      fontsize=8, color="0.3")
+    return save_svg(fig, out)
+
+
+_CALIBRATED = " (calibrated)"
 
 
 def _get(line: dict[str, Any], key: str, node: str, field: str | None = None) -> float | None:
@@ -185,7 +165,8 @@ def xross_cuts(paths: Sequence[Row]) -> list[_Cut]:
     return cuts
 
 
-def plot_xross_heatmap(source: str | Path | Sequence[Row], out: str | Path | None = None) -> Path | None:
+def plot_xross_heatmap(source: str | Path | Sequence[Row], out: str | Path | None = None, *,
+                       test_images: int | None = None) -> Path | None:
     """``xross_heatmap.svg``: which up part with which down part gives what accuracy.
 
     Two-part paths: one K x K heatmap, up-half network (rows) x down-half network
@@ -193,8 +174,15 @@ def plot_xross_heatmap(source: str | Path | Sequence[Row], out: str | Path | Non
     heatmap per cut position c, over the paths whose parts 1..c are one network and
     c+1..P another, plus a sorted bar chart of every path (the heatmaps miss paths
     that switch network more than once). Where no heatmap applies: the bar chart alone.
+
+    So that one or two test images do not look dramatic, the colour scale spans at least
+    ``MIN_COLOUR_IMAGES`` test images (``test_images``, by default the run's, as its metrics
+    record them; else at least one point), and the caption states what one image is worth.
     """
-    run_dir, out = _resolve(source, out, HEATMAP)
+    run_dir, out = resolve_source(source, out, HEATMAP)
+    if test_images is None and run_dir is not None:
+        test_images = next((line["images"].get("test") for line in reversed(RunDir(run_dir).read_metrics())
+                            if isinstance(line.get("images"), dict)), None)
     rows = RunDir(run_dir).read_xross() if run_dir is not None else list(source)
     paths = [r for r in rows if r.is_path and r.parts and r.top1_last is not None]
     if not paths:
@@ -207,15 +195,15 @@ def plot_xross_heatmap(source: str | Path | Sequence[Row], out: str | Path | Non
 
     heat_h = 0.9 * len(nets) + 2.6 if cuts else 0.0
     bar_h = 0.32 * len(paths) + 1.6 if show_bars else 0.0
-    width = max(6.0, 5.2 * len(cuts), 9.0 if show_bars else 0.0)
-    fig = _figure(width, heat_h + bar_h)
+    width = max(7.5, 5.2 * len(cuts), 9.0 if show_bars else 0.0)
+    fig = new_figure(width, heat_h + bar_h)
     if cuts and show_bars:
         top, bottom = fig.subfigures(2, 1, height_ratios=[heat_h, bar_h])
     else:
         top = bottom = fig
     if cuts:
         accs = [r.top1_last for cut in cuts for r in cut.cells.values()]
-        _heatmaps(top, cuts, nets, parts, min(accs), max(accs))
+        _heatmaps(top, cuts, nets, parts, *colour_range(accs, test_images))
     if show_bars:
         _bars(bottom, paths)
     if not cuts:
@@ -223,10 +211,27 @@ def plot_xross_heatmap(source: str | Path | Sequence[Row], out: str | Path | Non
                      "every path's test top-1 instead", fontsize=10)
     if cuts and show_bars:
         fig.suptitle(f"Xross: test top-1 (%) of the {parts}-part paths, last epoch", fontweight="bold")
+    notes = [f"one test image = {100 / test_images:.2g} points of top-1 ({test_images} test images);\n"
+             f"the colour scale spans at least {MIN_COLOUR_IMAGES} images" if test_images else
+             "the colour scale spans at least 1 point of top-1"]
     if any(r.calibrated for r in paths):
-        fig.text(0.01, 0.003, "* BatchNorm statistics calibrated for this path on training batches (train.calibrate)",
-                 fontsize=8, color="0.3", ha="left", va="bottom")
-    return _save(fig, out)
+        notes.append("* BatchNorm statistics calibrated for this path on training batches (train.calibrate)")
+    fig.supxlabel("\n".join(notes), x=0.01, ha="left", fontsize=8, color="0.3")  # laid out below the axes' labels
+    return save_svg(fig, out)
+
+
+MIN_COLOUR_IMAGES = 10
+
+
+def colour_range(accs: Sequence[float], test_images: int | None) -> tuple[float, float]:
+    """The heatmap's colour limits: the accuracies' range, widened about its middle to at least
+    ``MIN_COLOUR_IMAGES`` test images (or 1 point when their number is unknown), within 0-100."""
+    low, high = min(accs), max(accs)
+    span = max(high - low, MIN_COLOUR_IMAGES * 100 / test_images if test_images else 1.0)
+    middle = (low + high) / 2
+    low, high = middle - span / 2, middle + span / 2
+    shift = max(0.0, -low) - max(0.0, high - 100)  # keep it within 0-100
+    return low + shift, high + shift
 
 
 def _mark(row: Row) -> str:
@@ -269,8 +274,8 @@ def _heatmaps(fig, cuts: list[_Cut], nets: list[str], parts: int, vmin: float, v
             ax.set_title(f"cut {cut.cut}: {up_parts} (rows) x {down_parts} (columns)", fontsize=10)
     fig.colorbar(image, ax=list(axes), label="test top-1 (%)", shrink=0.85)
     if parts == 2:
-        fig.suptitle("Xross: test top-1 (%) at the last epoch and #params of each path,\n"
-                     "up-half network (rows) x down-half network (columns); diagonal = the networks themselves")
+        fig.suptitle("Xross: test top-1 (%) at the last epoch and #params of each path;\n"
+                     "rows: up-half network, columns: down-half network, diagonal: the networks", fontsize=11)
     else:
         fig.suptitle(f"Heatmaps: {parts}-part paths that switch network once, at the cut shown; "
                      "diagonal = the networks themselves")
@@ -302,92 +307,6 @@ def _bars(fig, paths: list[Row]) -> None:
                mpatches.Patch(color="tab:orange", label="cross path")]
     ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_title("Every path, sorted by test top-1 (last epoch); #params in brackets", fontsize=10)
-
-
-def percent_limits(values: Sequence[float], *, below: float, above: float) -> tuple[float, float]:
-    """An accuracy axis that fits its data: ``below`` and ``above`` times the values' span (at
-    least half a point) past the extremes, cut at 0 % and 100 % unless a value lies beyond."""
-    low, high = min(values), max(values)
-    span = max(high - low, 0.5)
-    return max(min(0.0, low), low - below * span), min(max(100.0, high), high + above * span)
-
-
-# --- accuracy versus cost ----------------------------------------------------------------
-def plot_pareto(source: str | Path | Sequence[Row], out: str | Path | None = None) -> Path | None:
-    """``pareto.svg``: every path's test top-1 (last epoch) versus #params, and versus MACs.
-
-    The Pareto front (paths no other path beats with no more cost) is highlighted and
-    joined as a staircase: the best accuracy reachable within each budget, which is
-    what dynamic computation picks from. Aggregates and ensembles with a cost are
-    drawn as hollow diamonds, outside the front (they are not a single path).
-    """
-    run_dir, out = _resolve(source, out, PARETO)
-    rows = RunDir(run_dir).read_xross() if run_dir is not None else list(source)
-    rows = [r for r in rows if r.top1_last is not None]
-    paths = [r for r in rows if r.is_path]
-    if not any(r.params is not None and r.params > 0 for r in paths):
-        return None
-    others = [r for r in rows if not r.is_path]
-    fig = _figure(13, 5.8)
-    axes = fig.subplots(1, 2)
-    for ax, field, name in ((axes[0], "params", "#params"), (axes[1], "macs", "MACs per image")):
-        _pareto_panel(ax, paths, others, field, name)
-    fig.suptitle("Accuracy vs cost of every path (test top-1, last epoch); "
-                 "Pareto front (no other path with <= cost and >= top-1) in red")
-    return _save(fig, out)
-
-
-def _pareto_panel(ax, paths: list[Row], others: list[Row], field: str, name: str) -> None:
-    points = [(r, getattr(r, field)) for r in paths if getattr(r, field) is not None and getattr(r, field) > 0]
-    if not points:
-        ax.text(0.5, 0.5, f"no {name} in xross.csv", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return
-    front = set(pareto_indices([(cost, r.top1_last) for r, cost in points]))
-    off = [p for i, p in enumerate(points) if i not in front]
-    on = sorted((p for i, p in enumerate(points) if i in front), key=lambda p: (p[1], -p[0].top1_last))
-    if off:
-        ax.scatter([c for _, c in off], [r.top1_last for r, _ in off], color="0.55", s=30, zorder=2,
-                   label="path")
-    ax.plot([c for _, c in on], [r.top1_last for r, _ in on], color="tab:red", drawstyle="steps-post",
-            linewidth=1.5, zorder=3)
-    ax.scatter([c for _, c in on], [r.top1_last for r, _ in on], color="tab:red", s=45, zorder=4,
-               label="Pareto front")
-    extra = [(r, getattr(r, field)) for r in others if getattr(r, field) is not None and getattr(r, field) > 0]
-    if extra:
-        ax.scatter([c for _, c in extra], [r.top1_last for r, _ in extra], facecolors="none",
-                   edgecolors="tab:blue", marker="D", s=40, zorder=2, label="aggregate / ensemble")
-    # Neighbours along x get their labels above and below in turn, which keeps close points readable.
-    for n, (row, cost) in enumerate(sorted(points + extra, key=lambda p: p[1])):
-        ax.annotate(row.node, (cost, row.top1_last), xytext=(4, 4 if n % 2 == 0 else -10),
-                    textcoords="offset points", fontsize=7)
-    ax.set_ylim(*percent_limits([r.top1_last for r, _ in points + extra], below=0.1, above=0.1))  # room for labels
-    ax.set_xscale("log")
-    costs = [c for _, c in points + extra]
-    ratio = max(costs) / min(costs)
-    # Within about a decade the power-of-ten ticks alone may show no label at all: label the
-    # minor ticks too, all of them over a short range, else only 2x and 5x.
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
-    ax.xaxis.set_minor_formatter(FuncFormatter(
-        lambda v, _: _tick(v) if ratio < 20 and (ratio < 3 or _mantissa(v) in (2, 5)) else ""))
-    ax.tick_params(axis="x", which="both", labelsize=7)
-    ax.set_xlabel(f"{name} (log scale)")
-    ax.set_ylabel("test top-1 (%), last epoch")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"top-1 vs {name}", fontsize=10)
-
-
-def _mantissa(value: float) -> int:
-    return round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
-
-
-def _tick(value: float) -> str:
-    """Short axis labels: 3e6 -> '3M', 1.5e5 -> '150k'."""
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{round(value / scale, 3):g}{suffix}"
-    return f"{round(value, 3):g}"
 
 
 def write_plots(run_dir: str | Path) -> dict[str, Path | None]:
