@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import ROOT
 from ktgraph.app.cli import main
-from ktgraph.app.report import plots
+from ktgraph.app.report import pareto, plots
 from ktgraph.runtime import measure
 from ktgraph.runtime.measure import Row
 from ktgraph.zoo import MODELS
@@ -124,7 +124,8 @@ def test_costs_is_opt_in(capsys):
 # --- item 2: axes that fit their data ---------------------------------------------------------------------
 def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
     figures: list[Figure] = []
-    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or out)
+    for module in (plots, pareto):  # each figure module saves through figure.save_svg, imported by name
+        monkeypatch.setattr(module, "save_svg", lambda fig, out: figures.append(fig) or out)
     return figures
 
 
