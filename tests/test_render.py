@@ -220,3 +220,13 @@ def test_cli_renders_the_matrix(tmp_path: Path, monkeypatch):
     assert main(["render", str(ROOT / "graphs" / "dcl.yaml"), "--matrix", "--format", "dot"]) == 0
     assert "receiver" in (tmp_path / "dcl.matrix.dot").read_text()
     assert main(["render", str(ROOT / "graphs" / "dcl.yaml"), "--matrix", "--plan"]) == 2
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("fitnet", {"call", "adapter", "shared", "term"}),  # a regressor call, no cross path, no aggregate
+    ("xml", {"call", "cross", "shared", "term"}),
+])
+def test_a_plan_legend_lists_only_the_styles_its_plans_use(name: str, expected: set[str]) -> None:
+    graph = load_graph(ROOT / "graphs" / f"{name}.yaml")
+    source = viz.plans_dot(titled_plans(prepare(graph, with_data=False), name), name).source
+    assert {key for key in _legend_keys(source) if not re.fullmatch(r"g\d+", key)} == expected

@@ -134,7 +134,7 @@ class _PlanDrawing:
                    fillcolor="#ffffff", fontsize="11")
             c.attr("node", fontsize="9", height="0.3")
             column = []
-            for key, label, attrs in PLAN_EXAMPLES if styles else ():
+            for key, label, attrs in _examples([self.plan]) if styles else ():
                 c.node(f"{p}legend#{key}", label, **attrs)
                 column.append(f"{p}legend#{key}")
             for i, group in enumerate(self.plan.groups):
@@ -167,6 +167,22 @@ PLAN_EXAMPLES = [
 ]
 
 
+def _examples(plans: Sequence[Plan]) -> list[tuple[str, str, dict[str, str]]]:
+    """The node styles that drawings of ``plans`` use, so the legend explains those and no other."""
+    used = set()
+    for plan in plans:
+        consumers, own = plan.consumers(), plan.own_path()
+        used |= {"term"} if plan.terms else set()
+        for step in plan.steps:
+            if isinstance(step, Call):
+                used.add("adapter" if not isinstance(step.module, SegmentId) else "call" if step.out in own
+                         else "cross")
+                used |= {"shared"} if consumers[step.out] > 1 else set()
+            elif isinstance(step, Aggregate):
+                used.add("aggregate")
+    return [example for example in PLAN_EXAMPLES if example[0] in used]
+
+
 def _plan_title(plan: Plan, title: str) -> str:
     head = f"plan{(' for ' + title) if title else ''} ({plan.mode})"
     return f"{head}: {count(len(plan.steps), 'step')}, {count(len(plan.terms), 'loss term')}, " + \
@@ -195,13 +211,14 @@ def plans_dot(plans: Sequence[tuple[str, Plan]], title: str = "") -> graphviz.Di
     with dot.subgraph(name="cluster_legend") as c:
         c.attr(label="legend", style="rounded,dashed", color="#aaaaaa", fontsize="11")
         c.attr("node", fontsize="9", height="0.3")
-        for key, label, attrs in PLAN_EXAMPLES:
+        examples = _examples([plan for _, plan in plans])
+        for key, label, attrs in examples:
             c.node(f"legend#{key}", label, **attrs)
         with c.subgraph() as same:
             same.attr(rank="same")
-            for key, _, _ in PLAN_EXAMPLES:
+            for key, _, _ in examples:
                 same.node(f"legend#{key}")
-        for (a, _, _), (b, _, _) in zip(PLAN_EXAMPLES, PLAN_EXAMPLES[1:]):
+        for (a, _, _), (b, _, _) in zip(examples, examples[1:]):
             c.edge(f"legend#{b}", f"legend#{a}", style="invis")
     # Declared last first: dot stacks clusters of a left-to-right graph bottom up.
     for index, (name, plan) in reversed(list(enumerate(plans, 1))):
