@@ -1,7 +1,7 @@
 """Adapters: the registered units that map one tensor's shape onto another's.
 
 A cross path whose mid features differ in channels is joined by an adapter at its junction
-(``conv1x1_relu``, as in the XML seeds); a mimic link whose features differ goes through a
+(``conv1x1_relu``, XML's junction adapter, docs/methods/xml.md); a mimic link whose features differ goes through a
 regressor (``conv_bn_relu``, FitNet's), which may also change the spatial size. An adapter is a
 unit like a gate or an aggregator: ``build(source, target)`` receives both full shapes (per sample)
 and returns the module, or refuses with a :class:`GraphError` naming what it cannot map; it may
@@ -64,7 +64,7 @@ def make_adapter(kind: str, source: Shape, target: Shape) -> nn.Module:
 
 @register_adapter
 class Conv1x1ReLU(Adapter):
-    """1x1 convolution (with bias) + ReLU: the XML seeds' junction adapter; channels only."""
+    """1x1 convolution (with bias) + ReLU: XML's junction adapter (docs/methods/xml.md); channels only."""
 
     kind: Literal["conv1x1_relu"] = "conv1x1_relu"
     label: ClassVar[str] = "1x1 conv+ReLU"
