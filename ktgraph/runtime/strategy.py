@@ -219,7 +219,8 @@ class Distributed(Local):
             dist.all_reduce(tensor)
 
 
-COLLECTIVE_FAILURES = ("gloo", "NCCL", "Connection reset", "Connection closed", "Socket Timeout", "timed out")
+COLLECTIVE_FAILURES = ("gloo", "NCCL", "Connection reset", "Connection closed", "Connection refused", "Broken pipe",
+                       "Socket Timeout", "timed out")
 
 
 def lost_rank(rank: int, err: BaseException, resume: str) -> TrainingError:
