@@ -245,7 +245,7 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("pattern", nargs="?", default="*", help="a shell-style pattern, e.g. 'res*'")
     listing.set_defaults(func=cmd_list)
 
-    add_method_commands(sub)
+    bench = add_method_commands(sub)
 
     report = sub.add_parser("report", help="(re)write a run directory's figures and report.md")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -289,9 +289,9 @@ def parser() -> argparse.ArgumentParser:
                          help="picture format (default: from the suffix of -o, else svg)")
     render_.set_defaults(func=cmd_render)
 
-    for command in (run, evaluate, pick):
+    for command in (run, bench, evaluate, pick):
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for command in (run, validate, plan, evaluate, pick, map_, render_):
+    for command in (run, bench, validate, plan, evaluate, pick, map_, render_):
         command.add_argument("--allow-imports", action="store_true",
                              help="allow the graph's `imports:` to run Python modules")
     return top

@@ -1,7 +1,8 @@
 """``ktgraph compare``, ``ktgraph bench`` and ``run --seeds``: the commands that put methods side by side.
 
 Kept apart from :mod:`ktgraph.app.cli` so that the command line of single runs stays one small
-module; :func:`add_method_commands` adds both subcommands to its parser.
+module; :func:`add_method_commands` adds both subcommands to its parser (and returns ``bench``'s, which takes
+the options every training command shares).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def add_seed_options(run: argparse.ArgumentParser) -> None:
                           "unless train.threads is set (default 1: one after another, in this process)")
 
 
-def add_method_commands(sub: argparse._SubParsersAction) -> None:
+def add_method_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     comparing = sub.add_parser("compare", help="compare methods: seed groups or runs side by side, mean ± std, "
                                                "paired gain over a baseline")
     comparing.add_argument("folders", nargs="+", metavar="RUN_OR_GROUP")
@@ -58,7 +59,5 @@ def add_method_commands(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--out", help="folder for the groups and the comparison (default: runs/bench-NAME)")
     bench.add_argument("--jobs", type=int, default=1, metavar="K", help="seeds side by side (see run --jobs)")
     bench.add_argument("--seeds", metavar="S,S,...", help="instead of the suite's seeds")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bench.add_argument("--allow-imports", action="store_true",
-                       help="allow the graphs' `imports:` to run Python modules")
     bench.set_defaults(func=cmd_bench)
+    return bench

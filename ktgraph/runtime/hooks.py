@@ -3,7 +3,8 @@
 An aggregator's ``on_epoch_end`` gets the held-out split as its own input records (the logits
 and features it reads, and the labels), computed with the eval plan, so a unit can re-estimate
 its state between epochs (KDCL-General's weights from a validation covariance, for instance).
-Every process computes it from the whole split, so every rank holds the same state.
+Under several processes each reads its shard of the split, and a unit sums over processes what it
+needs (KDCL-General all-reduces its error sums), so every rank holds the same state.
 """
 from __future__ import annotations
 

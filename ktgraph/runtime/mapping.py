@@ -17,7 +17,7 @@ stage reads them back and does not map again (the checkpoint's weights are alrea
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

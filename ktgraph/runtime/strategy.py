@@ -90,16 +90,11 @@ class Local:
         """The intra-op threads this process takes: ``train.threads`` when set, else torch's choice (None)."""
         return asked
 
-    def batches(self, dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                drop_last: bool = False, augment_seed: int | None = None) -> ShardedBatches:
-        return ShardedBatches(len(dataset), batch_size, rank=self.rank, world=self.world, shuffle=shuffle,
-                              seed=seed, drop_last=drop_last, augment_seed=augment_seed)
-
     def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                num_workers: int = 0, drop_last: bool = False, augment_seed: int | None = None) -> DataLoader:
         """This process's shard of every batch of ``dataset`` (the whole batch when it is alone)."""
-        sampler = self.batches(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                               augment_seed=augment_seed)
+        sampler = ShardedBatches(len(dataset), batch_size, rank=self.rank, world=self.world, shuffle=shuffle,
+                                 seed=seed, drop_last=drop_last, augment_seed=augment_seed)
         return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
 
     # --- collectives: identities on one process --------------------------------------------------------

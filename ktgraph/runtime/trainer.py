@@ -31,7 +31,7 @@ from ..graph import KTGraph, ModuleId, Stage
 from ..data import LabelledView
 from ..kinds import EpochInfo, GateContext
 from .calibrate import calibrate_job
-from .evaluate import evaluate, make_loader
+from .evaluate import evaluate
 from .events import (AfterBackward, AfterEvaluation, BeforeCheckpoint, Callback, EpochEnd, EpochStart, Events,
                      Progress, RunEnd, RunStart, StageStart)
 from .executor import Executor
@@ -87,7 +87,9 @@ class Trainer:
         self._config = trained_config(self.graph.document)
         self._params: list[torch.nn.Parameter] = []
         self._pending: tuple[torch.Tensor, int] | None = None  # the last backward's "all gradients finite", its batch
-        heldout = make_loader(self.data.val, self.settings.eval_batch_size) if self.data.val is not None else None
+        # Each process reads its shard of the held-out split; a unit that sums over it reduces over processes.
+        heldout = (self.strategy.loader(self.data.val, self.settings.eval_batch_size)
+                   if self.data.val is not None else None)
         self.unit_hooks = UnitHooks(self.graph, self.modules, self.program.eval, heldout, self.device)
         self.events = Events([self.unit_hooks, *callbacks])
         self.stopped: str | None = None  # why a callback stopped the run, once it has
@@ -240,15 +242,16 @@ class Trainer:
                 node_sums[node] += value * share
             if self.progress_bar:
                 bar.set_postfix(loss=f"{sum(values.values()):.3f}")
+        # Each value was added as this process's share of its global batch: summed over processes (one
+        # collective for links and nodes), they are the global batches' values; their mean per batch is logged.
+        keys = [("links", k) for k in sums] + [("node_loss", k) for k in node_sums]
+        totals = self.strategy.sum(torch.tensor([*sums.values(), *node_sums.values()], dtype=torch.float64,
+                                                device=self.device)).tolist()
         batches = max(len(loader), 1)
-        return {"links": self._mean_over_batches(sums, batches), "node_loss": self._mean_over_batches(node_sums, batches)}
-
-    def _mean_over_batches(self, sums: dict[str, float], batches: int) -> dict[str, float]:
-        """Per-batch means of values summed as shares of each global batch, added over processes."""
-        if not sums:
-            return {}
-        totals = self.strategy.sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=self.device))
-        return {name: value / batches for name, value in zip(sums, totals.tolist())}
+        means: dict[str, dict[str, float]] = {"links": {}, "node_loss": {}}
+        for (kind, name), total in zip(keys, totals):
+            means[kind][name] = total / batches
+        return means
 
     # --- the non-finite guard ----------------------------------------------------------
     def _read_losses(self, losses: dict[str, torch.Tensor], stage: Stage, epoch: int, batch: int) -> dict[str, float]:
