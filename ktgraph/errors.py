@@ -7,8 +7,11 @@ traceback for these.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def closest(name: str, candidates: Iterable[str], n: int = 1) -> list[str]:
@@ -109,3 +112,16 @@ class TrainingError(Exception):
 
 class UntrainedModuleWarning(UserWarning):
     """A module with trainable parameters that no link of any stage trains: its weights stay as initialised."""
+
+
+def write_error(err: OSError, path: Path) -> TrainingError:
+    """A failed write, said plainly: a full disk names itself and the folder it is the disk of."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f"{shutil.disk_usage(path.parent).free:,} bytes free"
+        except OSError:
+            free = "no space left"
+        return TrainingError(f"the disk is full ({free} on the disk that holds {path.parent}): could not write "
+                             f"{path.name}; the file's previous version is kept and no temporary file is left. "
+                             "Free some space, then continue")
+    return TrainingError(f"could not write {path}: {err.strerror or err}")

@@ -11,7 +11,10 @@ The zero-byte ``empty.yaml`` has no header; its expectation is in ``NO_HEADER`` 
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -190,3 +193,14 @@ def test_warnings_print_as_messages_without_ktgraph_s_source(capsys: pytest.Capt
     lines = output.splitlines()
     assert "warning: graphs/kd.yaml: trained by no link of any stage" in output.replace(str(ROOT) + "/", "")
     assert not [line for line in lines if ".py:" in line or "warnings.warn" in line], output
+
+
+def test_help_and_usage_errors_load_no_torch_or_matplotlib() -> None:
+    """``ktgraph --help`` answers without the seconds torch, timm and matplotlib take to import."""
+    script = ("import sys\nfrom ktgraph.app.cli import main\n"
+              "for argv in (['--help'], ['run', '--help'], ['list', '--help'], ['frobnicate'], ['run', '--jobs']):\n"
+              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+              "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'matplotlib', 'optuna') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout + done.stderr

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from ktgraph.app.cli import main
+from ktgraph.app.cli import REGISTRY_NAMES, main
+from ktgraph.app.commands import REGISTRIES
 from ktgraph.app.load import load_run
 from ktgraph.data import DATASETS, data_info
 from ktgraph.errors import GraphError
@@ -293,3 +294,8 @@ def test_list_shows_every_registry(capsys):
     assert "ramp" in out and "exp(-5" in out
     assert main(["list", "gates", "r*"]) == 0
     assert capsys.readouterr().out.split()[0] == "ramp"
+
+
+def test_list_help_names_every_registry():
+    """The parser names the registries without importing them (it loads no torch); the two lists agree."""
+    assert REGISTRY_NAMES == tuple(REGISTRIES)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from ktgraph.app.cli import main, titled_plans
+from ktgraph.app.cli import main
+from ktgraph.app.commands import titled_plans
 from ktgraph.graph import load_graph
 from ktgraph.app.render import Details
 from ktgraph.compile import Aggregate

@@ -1,10 +1,14 @@
-"""What every ``ktgraph`` command shares: exit codes and SIGTERM as an exception."""
+"""What every ``ktgraph`` command shares: exit codes, SIGTERM as an exception, warnings as messages."""
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import sys
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 3
@@ -35,3 +39,15 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for the command line: ktgraph's own warnings are messages to a user, so
+    they print as ``warning: ...``, without the file and source line inside ktgraph that raised them."""
+    ours = Path(filename).resolve().is_relative_to(PACKAGE)
+    text = f"warning: {message}\n" if ours else warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(text)

@@ -13,7 +13,6 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ..errors import GraphError
 from ..graph import KTGraph
@@ -89,14 +88,3 @@ def cmd_map(args: argparse.Namespace) -> int:
     if args.out:
         print("wrote " + ", ".join(map(str, write_mapping(records, args.out))), file=sys.stderr)
     return 0
-
-
-def add_map_command(commands: Any) -> argparse.ArgumentParser:
-    """``ktgraph map``, added to the CLI's subcommands."""
-    command = commands.add_parser("map", help="match the channels of a cross's networks (its `mapping:`) without "
-                                              "training: matching scores, assignment, heatmaps")
-    command.add_argument("targets", nargs="+", metavar="FILE | key=value")
-    command.add_argument("--cut", metavar="PART", help="only this cut (a part name)")
-    command.add_argument("--out", metavar="DIR", help="write mapping.json and the score heatmaps (SVG) here")
-    command.set_defaults(func=cmd_map)
-    return command

@@ -1,5 +1,4 @@
-"""What the command line says besides its results: warnings as one plain message each, and while
-``ktgraph run`` trains, the run directory once it exists, then one line per epoch.
+"""What ``ktgraph run`` says while it trains: the run directory once it exists, then one line per epoch.
 
 Progress bars show a step's loss only and vanish between epochs; a cluster job's log (no terminal,
 ``--no-progress``) would otherwise hold nothing until the run ends. Lines go to stderr, with the
@@ -9,7 +8,6 @@ is redrawn below a line rather than broken.
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
@@ -17,18 +15,6 @@ from typing import TextIO
 from tqdm.auto import tqdm
 
 from ..runtime.events import AfterEvaluation, Callback, RunStart
-
-
-PACKAGE = Path(__file__).resolve().parent.parent
-
-
-def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                 file: TextIO | None = None, line: str | None = None) -> None:
-    """``warnings.showwarning`` for the command line: ktgraph's own warnings are messages to a user, so
-    they print as ``warning: ...``, without the file and source line inside ktgraph that raised them."""
-    ours = Path(filename).resolve().is_relative_to(PACKAGE)
-    text = f"warning: {message}\n" if ours else warnings.formatwarning(message, category, filename, lineno, line)
-    (file or sys.stderr).write(text)
 
 
 def epoch_line(event: AfterEvaluation, networks: Iterable[str]) -> str:

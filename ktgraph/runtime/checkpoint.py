@@ -8,11 +8,9 @@ else than a checkpoint, is a one-line :class:`TrainingError` saying what is wron
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import pickle
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from typing import IO, Any
 
 import torch
 
-from ..errors import TrainingError
+from ..errors import TrainingError, write_error
 
 TEMP_SUFFIX = ".tmp"
 MODEL_KEYS: dict[str, type] = {"model": dict}
@@ -60,19 +58,6 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` through :func:`write_atomic`: a crash mid-write leaves the previous checkpoint intact."""
     write_atomic(path, lambda handle: torch.save(obj, handle))
-
-
-def write_error(err: OSError, path: Path) -> TrainingError:
-    """A failed write, said plainly: a full disk names itself and the folder it is the disk of."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        try:
-            free = f"{shutil.disk_usage(path.parent).free:,} bytes free"
-        except OSError:
-            free = "no space left"
-        return TrainingError(f"the disk is full ({free} on the disk that holds {path.parent}): could not write "
-                             f"{path.name}; the file's previous version is kept and no temporary file is left. "
-                             "Free some space, then continue")
-    return TrainingError(f"could not write {path}: {err.strerror or err}")
 
 
 def file_mode() -> int:

@@ -25,7 +25,7 @@ import yaml
 
 from ..errors import GraphError, TrainingError
 from ..zoo.registry import RUN_CHECKPOINT
-from .checkpoint import MODEL_KEYS, RESUME_KEYS, TEMP_SUFFIX, load_checkpoint, save_atomic, write_atomic, write_error
+from .checkpoint import MODEL_KEYS, RESUME_KEYS, TEMP_SUFFIX, load_checkpoint, save_atomic, write_atomic
 from .measure import PATH_KINDS, Row
 
 try:

@@ -38,19 +38,6 @@ def report_search(folder: str | Path, echo: Callable[[str], object] = print) -> 
     return write_report(search, place, echo)
 
 
-def search_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("targets", nargs="*", metavar="FILE | key=value",
-                        help="the graph file with a `search:` section, then overrides (search.trials=8 too)")
-    parser.add_argument("--out", help="search folder (default: searches/STUDY)")
-    parser.add_argument("--storage", help="the study's storage: a journal file (default: OUT/study.journal) or a "
-                                          "postgresql:// / mysql:// URL for workers on several machines")
-    parser.add_argument("--study", help="the study's name (default: the graph's name)")
-    parser.add_argument("--trials", type=int, help="trials in the whole study (default: search.trials)")
-    parser.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    parser.add_argument("--report", metavar="DIR", help="rewrite a search folder's table, best.yaml and plots")
-
-
 def search_command(args: argparse.Namespace, files: list[str], overrides: list[str]) -> int:
     """The command line's ``search``; an interruption propagates (the CLI's exit status) after a hint."""
     if args.report:
