@@ -43,7 +43,7 @@ def load_run(run_dir: str | Path, *, device: str | torch.device | None = None,
     if not run.checkpoint.is_file():
         raise TrainingError(f"no checkpoint at {run.checkpoint}; the run has not finished an epoch yet")
     payload = run.load_checkpoint(map_location="cpu")  # checked before the slower building of the job
-    job = prepare(graph, device="cpu")
+    job = prepare(graph, device="cpu", initial_weights=False)  # the checkpoint holds every weight
     try:
         job.modules.load_state_dict(upgrade_state(payload["model"], job.bound.legacy_keys()))
     except (RuntimeError, KeyError) as err:

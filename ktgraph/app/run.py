@@ -144,8 +144,9 @@ def fit(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite:
         payload = run.load_checkpoint(map_location="cpu", resume=True) if resume else None
         if payload is not None:
             _on_main(strategy, lambda: check_unfinished(graph, run, payload))
-        trainer = Trainer(prepare(graph, strategy=strategy), run, progress_bar=progress_bar, strategy=strategy,
-                          callbacks=callbacks)  # fails on bad input before any file
+        # Resumed, the checkpoint holds every weight: `weights:` files and runs are not read again.
+        trainer = Trainer(prepare(graph, strategy=strategy, initial_weights=not resume), run,
+                          progress_bar=progress_bar, strategy=strategy, callbacks=callbacks)  # bad input fails here
         if graph.mappings:
             report = run_reporter(run.path, lambda text: print(text, file=sys.stderr)) if strategy.is_main else None
             trainer.events.add([ChannelMapping(graph, trainer.device, (payload or {}).get(PAYLOAD_KEY), report)])

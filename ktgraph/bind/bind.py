@@ -7,6 +7,7 @@ regressor. A mismatch is reported against the path, aggregator or link that caus
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import hashlib
@@ -15,9 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import GraphError
-from ..graph import AdapterId, KTGraph, Network, Ref, RegressorId, SegmentId
+from ..graph import AdapterId, KTGraph, Network, Ref, RegressorId, RunWeights, SegmentId
 from ..kinds import ADAPTERS, AUTO, NONE, AggregatorInput, GateContext, make_adapter
-from ..zoo import Segment, create_model, split
+from ..zoo import Segment, create_model, load_state, split
 from ..zoo.sync_batchnorm import convert_sync_batchnorm
 from .modules import GraphModules
 
@@ -58,17 +59,22 @@ class BoundGraph:
                 for link, rid in self.regressors.items()}
 
 
+InitialWeights = Mapping[str, Mapping[str, torch.Tensor]]  # network -> the state it starts from
+
+
 def bind(graph: KTGraph, num_classes: int, input_shape: Shape, *, device: str = "cpu",
-         sync_bn: bool = False) -> BoundGraph:
+         sync_bn: bool = False, weights: InitialWeights | None = None) -> BoundGraph:
     """Build and check every module of ``graph`` for ``num_classes`` classes and inputs of ``input_shape``.
 
     ``device`` is the type of device the modules will run on; it decides nothing here but is
     what the compiler's batching pass reads. ``sync_bn`` converts every network's BatchNorm to
     a synchronised one as soon as the network is built, before it is cut, so every segment runs
-    the converted modules.
+    the converted modules. ``weights`` holds the initial state of the networks whose ``weights:`` name
+    an earlier run (read by the runtime, which knows run directories); a network missing from it
+    starts from its ``weights`` file, or is initialised when none is named.
     """
     try:
-        return _Binder(graph, num_classes, tuple(input_shape), device, sync_bn).bind()
+        return _Binder(graph, num_classes, tuple(input_shape), device, sync_bn, weights or {}).bind()
     except GraphError as err:
         raise graph.locate(err) from None
 
@@ -90,8 +96,10 @@ def architecture(segment: Segment) -> str | None:
 
 
 class _Binder:
-    def __init__(self, graph: KTGraph, num_classes: int, input_shape: Shape, device: str, sync_bn: bool) -> None:
+    def __init__(self, graph: KTGraph, num_classes: int, input_shape: Shape, device: str, sync_bn: bool,
+                 weights: InitialWeights) -> None:
         self.graph = graph
+        self.weights = weights
         self.device = device
         self.sync_bn = sync_bn
         self.num_classes = num_classes
@@ -123,10 +131,13 @@ class _Binder:
     def network(self, net: Network) -> None:
         where = ("networks", net.name)
         try:
-            model = create_model(net.model, self.num_classes, cifar_stem=net.cifar_stem, weights=net.weights,
-                                 **net.kwargs)
+            model = create_model(net.model, self.num_classes, cifar_stem=net.cifar_stem,
+                                 weights=net.weights if isinstance(net.weights, str) else None, **net.kwargs)
+            if isinstance(net.weights, RunWeights) and net.name in self.weights:
+                load_state(model, self.weights[net.name], net.model,
+                           f"network `{net.weights.network}` of run {net.weights.run}")
         except GraphError as err:
-            field = ("weights" if "weights file" in err.message else "cifar_stem" if "cifar_stem" in err.message
+            field = ("weights" if "weights file" in err.message or " of run " in err.message else "cifar_stem" if "cifar_stem" in err.message
                      else "model" if err.message.startswith("unknown") or not net.kwargs else "kwargs")
             err.where = err.where or where + (field,)
             raise

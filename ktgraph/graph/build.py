@@ -270,7 +270,9 @@ class _Builder(Structure):
         return stages or [Stage("main", self.spec.train.epochs)]
 
     def document(self) -> dict[str, Any]:
-        """The fully resolved file as plain data; relative ``imports:`` files made absolute."""
+        """The fully resolved file as plain data; relative ``imports:`` files made absolute, and ``weights``
+        files and runs too (they are read relative to the working directory), so that a run's config.yaml
+        means the same from any directory."""
         document = self.spec.model_dump(mode="json")
         if document.get("search") is None:  # only a search file has one
             document.pop("search", None)
@@ -278,6 +280,12 @@ class _Builder(Structure):
             base = FilePath(self.source.file).resolve().parent
             document["imports"] = [str((base / name).resolve()) if name.endswith(".py") else name
                                    for name in document["imports"]]
+        for network in document["networks"].values():
+            weights = network.get("weights")
+            if isinstance(weights, str):
+                network["weights"] = str(FilePath(weights).resolve())
+            elif isinstance(weights, dict):
+                weights["run"] = str(FilePath(weights["run"]).resolve())
         return document
 
     def build(self) -> KTGraph:

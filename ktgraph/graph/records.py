@@ -7,13 +7,12 @@ the registered units they hold (a link's loss and gate, an aggregator's kind) an
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..errors import GraphError
 from ..kinds import AggregatorKind, Gate, LinkKind
 from ..settings import DataSettings, TrainSettings
-from ..zoo import RunWeights
 from .ids import AdapterId, AggregatorId, ModuleId, SegmentId
 
 Where = tuple[str | int, ...]
@@ -42,6 +41,17 @@ class Ref:
 
     def __str__(self) -> str:
         return self.name
+
+
+@dataclass(frozen=True)
+class RunWeights:
+    """A network's initial weights taken from an earlier ktgraph run (``weights: {run, network, checkpoint}``):
+    network ``network`` of run directory ``run``, at its last checkpoint or at the kept checkpoint of its best
+    epoch."""
+
+    run: str
+    network: str
+    checkpoint: Literal["last", "best"] = "last"
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,11 @@ class KTGraph:
     def locate(self, err: GraphError) -> GraphError:
         """``err`` with the file and line of its field, when the graph came from a file."""
         return self.source.locate(err) if self.source is not None else err
+
+    def without_weights(self) -> KTGraph:
+        """The same graph reading no ``weights:`` file or run: for a job whose checkpoint holds every weight."""
+        networks = {name: replace(net, weights=None) for name, net in self.networks.items()}
+        return replace(self, networks=networks)
 
     @property
     def segments(self) -> list[SegmentId]:

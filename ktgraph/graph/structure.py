@@ -5,9 +5,8 @@ import itertools
 
 from ..errors import GraphError, unknown_name
 from ..spec.schema import GraphSpec, MappingSpec, RunWeightsSpec
-from ..zoo import RunWeights
 from .ids import SegmentId
-from .records import CrossMapping, Network, Path, Where, declared_pairs
+from .records import CrossMapping, Network, Path, RunWeights, Where, declared_pairs
 
 
 class Structure:
@@ -30,7 +29,7 @@ class Structure:
                              for i, part in enumerate(spec.part_names()))
             self.segment_ids.update((f"{name}.{s.part}", s) for s in segments)
             weights = spec.weights if not isinstance(spec.weights, RunWeightsSpec) else RunWeights(
-                spec.weights.run, spec.weights.network)
+                spec.weights.run, spec.weights.network, spec.weights.checkpoint)
             self.networks[name] = Network(name, spec.model, tuple(spec.cuts), segments, spec.cifar_stem,
                                           weights, spec.frozen, dict(spec.kwargs))
             self.paths[name] = Path(name, segments, "none", ("networks", name), self.declared)

@@ -17,9 +17,10 @@ from ..compile import Plan, Program, compile_program, untrained
 from ..compile.pipeline import Trace
 from ..data import DataBundle, build_data, data_info
 from ..errors import GraphError, UntrainedModuleWarning
-from ..graph import AdapterId, AggregatorId, KTGraph, RegressorId
+from ..graph import AdapterId, AggregatorId, KTGraph, RegressorId, RunWeights
 from ..kinds import GateContext
 from .executor import Executor
+from .rundir import RunDir
 from .strategy import Local, local_device as resolve_device
 
 
@@ -41,12 +42,14 @@ class Job:
 
 
 def prepare(graph: KTGraph, *, with_data: bool = True, device: str | torch.device | None = None,
-            trace: Trace | None = None, strategy: Local | None = None) -> Job:
+            trace: Trace | None = None, strategy: Local | None = None, initial_weights: bool = True) -> Job:
     """Load the data (unless ``with_data`` is false), bind the graph and compile its program, once.
 
     ``trace`` sees every plan after lowering and after each pass (``ktgraph plan --passes``).
     Under a distributed ``strategy`` the modules go to its device, ``train.sync_bn`` converts
     their BatchNorms before anything binds to them, and rank 0's initial weights reach every rank.
+    ``initial_weights=False`` reads no ``weights:`` file or run: for a job whose checkpoint replaces
+    every weight (resume, eval, pick), so those files need not exist any more.
     """
     world = strategy.world if strategy is not None else 1
     try:
@@ -62,8 +65,10 @@ def prepare(graph: KTGraph, *, with_data: bool = True, device: str | torch.devic
         info = data.info if data is not None else data_info(graph.data)
     except GraphError as err:
         raise graph.locate(err) from None
+    if not initial_weights:
+        graph = graph.without_weights()
     bound = bind(graph, info.num_classes, (info.in_channels, info.image_size, info.image_size), device=target.type,
-                 sync_bn=graph.train.sync_bn and world > 1)
+                 sync_bn=graph.train.sync_bn and world > 1, weights=read_weights(graph))
     program = compile_program(bound, trace=trace)
     dry_run(program, bound)
     warn_untrained(program, bound)
@@ -97,6 +102,21 @@ def warn_untrained(program: Program, bound: BoundGraph) -> None:
     warnings.warn(UntrainedModuleWarning(
         f"{place}: trained by no link of any stage, so their weights stay as initialised: {names}"
         + "".join(f"\n  hint: {h}" for h in hints)), stacklevel=3)
+
+
+def read_weights(graph: KTGraph) -> dict[str, dict[str, torch.Tensor]]:
+    """The state of every network whose ``weights:`` name a network of an earlier run."""
+    weights = {}
+    for name, net in graph.networks.items():
+        if isinstance(net.weights, RunWeights):
+            try:
+                weights[name] = RunDir(net.weights.run).network_state(net.weights.network, net.weights.checkpoint)
+            except GraphError as err:
+                err.file, err.line = None, None
+                err.message = f"weights from run `{net.weights.run}`: {err.message}"
+                err.where = ("networks", name, "weights")
+                raise graph.locate(err) from None
+    return weights
 
 
 def dry_run(program: Program, bound: BoundGraph) -> None:

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..errors import GraphError, TrainingError
-from ..zoo.registry import RUN_CHECKPOINT
+from ..errors import GraphError, TrainingError, did_you_mean, write_error
 from .checkpoint import MODEL_KEYS, RESUME_KEYS, TEMP_SUFFIX, load_checkpoint, save_atomic, write_atomic
 from .measure import PATH_KINDS, Row
 
@@ -38,8 +37,8 @@ ENV = "env.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 STATUS = "status.json"  # how training ended: running (or killed), stopped (by a callback, and why) or trained
-CHECKPOINT = RUN_CHECKPOINT  # checkpoints/last.pt: `weights: {run: DIR, network: NAME}` reads it
-CHECKPOINTS = CHECKPOINT.split("/")[0]
+CHECKPOINTS = "checkpoints"
+CHECKPOINT = f"{CHECKPOINTS}/last.pt"
 KEPT = re.compile(r"stage(\d+)-epoch(\d+)\.pt")  # checkpoints/stageS-epochEEEE.pt, with train.keep_checkpoints > 1
 LOCK = ".lock"
 XROSS_CSV = "xross.csv"
@@ -225,7 +224,7 @@ class RunDir:
         save_atomic(payload, self.checkpoint)
         if keep <= 1:
             return
-        kept = self.path / CHECKPOINTS / f"stage{payload['stage']}-epoch{payload['epoch']:04d}.pt"
+        kept = self.kept_checkpoint(payload["stage"], payload["epoch"])
         link = kept.with_name(f".{kept.name}.link{TEMP_SUFFIX}")
         try:
             link.unlink(missing_ok=True)
@@ -237,6 +236,37 @@ class RunDir:
             write_atomic(kept, lambda handle: handle.write(data))
         for old in self.kept_checkpoints()[:-keep]:
             old.unlink(missing_ok=True)
+
+    def kept_checkpoint(self, stage: int, epoch: int) -> Path:
+        """Where ``train.keep_checkpoints`` keeps the checkpoint after ``epoch`` epochs of stage index ``stage``."""
+        return self.path / CHECKPOINTS / f"stage{stage}-epoch{epoch:04d}.pt"
+
+    def network_state(self, network: str, checkpoint: str = "last") -> dict[str, torch.Tensor]:
+        """Network ``network``'s weights (its own keys, no prefix) at the last checkpoint or, for ``best``, at the
+        kept checkpoint of its best epoch; a GraphError says what is missing and what to do."""
+        self.require()
+        try:
+            payload = self.load_checkpoint()
+            if checkpoint == "best" and network in payload.get("best", {}):
+                best = payload["best"][network]
+                stages = [stage["name"] for stage in (self.read_config() or {}).get("stages") or []]
+                kept = self.kept_checkpoint(stages.index(best["stage"]) if best["stage"] in stages else 0,
+                                            best["epoch"])
+                if not kept.is_file():
+                    raise GraphError(f"run {self} kept no checkpoint of `{network}`'s best epoch (stage "
+                                     f"`{best['stage']}`, epoch {best['epoch']})",
+                                     suggestion="take `checkpoint: last`, or train that run with "
+                                                "train.keep_checkpoints large enough to keep its best epoch")
+                payload = load_checkpoint(kept, "cpu", required=MODEL_KEYS)
+        except TrainingError as err:
+            raise GraphError(str(err)) from None
+        prefix = f"networks.{network}."
+        state = {key[len(prefix):]: value for key, value in payload["model"].items() if key.startswith(prefix)}
+        if not state:
+            names = sorted({key.split(".")[1] for key in payload["model"] if key.startswith("networks.")})
+            raise GraphError(f"run {self} has no network `{network}`", expected="one of: " + ", ".join(names),
+                             suggestion=did_you_mean(network, names))
+        return state
 
     def kept_checkpoints(self) -> list[Path]:
         """``checkpoints/stageS-epochE.pt`` in training order."""

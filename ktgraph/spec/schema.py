@@ -21,10 +21,11 @@ RESERVED_NAMES = frozenset({"label", "all", "x"})
 
 
 class RunWeightsSpec(Strict):
-    """``weights: {run: DIR, network: NAME}``: network NAME of the ktgraph run in DIR (its last checkpoint)."""
+    """``weights: {run: DIR, network: NAME}``: network NAME of the ktgraph run in DIR."""
 
-    run: str
+    run: str  # the run directory, relative to the working directory (config.yaml stores it resolved)
     network: str
+    checkpoint: Literal["last", "best"] = "last"  # best: the kept checkpoint of that network's best epoch
 
 
 class NetworkSpec(Strict):

@@ -5,8 +5,8 @@ Importing this package registers ktgraph's CIFAR networks (``resnet20``, ``wrn28
 
 from ktgraph.zoo import cifar_resnet as _cifar_resnet  # noqa: F401  (registers the built-ins)
 from ktgraph.zoo.cuts import allowed_cuts, split
-from ktgraph.zoo.registry import MODELS, RunWeights, check_model, create_model, is_model, list_models, register_model
+from ktgraph.zoo.registry import MODELS, check_model, create_model, is_model, list_models, load_state, register_model
 from ktgraph.zoo.segment import Segment
 
-__all__ = ["MODELS", "RunWeights", "Segment", "allowed_cuts", "check_model", "create_model", "is_model", "list_models",
+__all__ = ["MODELS", "Segment", "allowed_cuts", "check_model", "create_model", "is_model", "list_models", "load_state",
            "register_model", "split"]

@@ -25,28 +25,6 @@ EntryPoint = Callable[..., nn.Module]
 """Builds a model: ``fn(num_classes: int, **kwargs) -> nn.Module``."""
 
 MODELS: Registry[EntryPoint] = Registry("model")
-RUN_CHECKPOINT = "checkpoints/last.pt"
-"""Where a ktgraph run directory keeps its last checkpoint (``runtime.rundir`` names it from here)."""
-
-
-@dataclass(frozen=True)
-class RunWeights:
-    """A network's weights in an earlier ktgraph run: the last checkpoint of run directory ``run``."""
-
-    run: str
-    network: str
-
-    @property
-    def file(self) -> Path:
-        return Path(self.run) / RUN_CHECKPOINT
-
-    def pick(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The network's own entries of a run's state dict (``networks.NAME.*``), without the prefix."""
-        prefix = f"networks.{self.network}."
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-    def networks(self, state: Mapping[str, torch.Tensor]) -> list[str]:
-        return sorted({k.split(".")[1] for k in state if k.startswith("networks.")})
 
 
 @overload
@@ -94,7 +72,7 @@ def create_model(
     num_classes: int,
     *,
     cifar_stem: bool = False,
-    weights: str | RunWeights | None = None,
+    weights: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build the classifier ``name`` with ``num_classes`` outputs.
@@ -217,36 +195,31 @@ def _use_cifar_stem(model: nn.Module, name: str) -> None:
     model.maxpool = nn.Identity()
 
 
-def _load_weights(model: nn.Module, source: str | RunWeights, name: str) -> None:
+def _load_weights(model: nn.Module, path: str, name: str) -> None:
     """Load a local state_dict strictly, turning every failure into a GraphError."""
     expected = "a local file saved with torch.save(model.state_dict(), path)"
-    run = source if isinstance(source, RunWeights) else None
-    if run is not None:
-        expected = "a run directory that `ktgraph run` wrote, holding checkpoints/last.pt"
-    file = run.file if run is not None else Path(source)
-    path = str(file)
-    if not file.is_file():
+    if not Path(path).is_file():
         raise GraphError(f"weights file `{path}` does not exist", expected=expected)
     try:
-        saved = torch.load(file, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file: truncated, not torch, unsafe pickle
         raise GraphError(f"cannot read weights file `{path}`: {err}", expected=expected) from err
     state = _state_dict_in(saved)
-    if run is not None and state is not None:
-        if run.network not in run.networks(state):
-            raise GraphError(f"weights file `{path}` has no network `{run.network}`",
-                             expected="one of: " + ", ".join(run.networks(state)),
-                             suggestion=did_you_mean(run.network, run.networks(state)))
-        state = run.pick(state)
     if state is None:
         raise GraphError(
             f"weights file `{path}` holds no state_dict",
             expected="a state_dict, or a dict with a `state_dict` or `model` entry holding one",
         )
+    load_state(model, state, name, f"weights file `{path}`")
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], name: str, what: str) -> None:
+    """Load ``state`` strictly into model ``name``; a mismatch is a GraphError listing it, ``what`` saying where
+    the weights came from."""
     problems = _mismatches(model.state_dict(), state)
     if problems:
         raise GraphError(
-            f"weights file `{path}` does not fit model `{name}`: " + "; ".join(problems),
+            f"{what} does not fit model `{name}`: " + "; ".join(problems),
             suggestion="build the model with the name, num_classes and cifar_stem the weights were saved with",
         )
     model.load_state_dict(state, strict=True)
