@@ -1,6 +1,11 @@
-"""Shared test helpers: a tiny cuttable network and a graph builder from YAML text."""
+"""Shared test helpers: a tiny cuttable network and a graph builder from YAML text.
+
+``KTGRAPH_TEST_DEVICE=cuda`` runs the tests that compare two computations of one plan (batched
+against unbatched) on the GPU, with TF32 off so that float32 means float32 there too.
+"""
 from __future__ import annotations
 
+import os
 import textwrap
 import warnings
 from collections.abc import Iterator
@@ -19,6 +24,10 @@ from ktgraph.spec import load_document, parse_yaml
 from ktgraph.zoo import is_model, register_model
 
 ROOT = Path(__file__).resolve().parents[1]
+DEVICE = os.environ.get("KTGRAPH_TEST_DEVICE", "cpu")
+if DEVICE == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 class TinyNet(nn.Module):

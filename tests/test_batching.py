@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import DEVICE, ROOT
 from ktgraph.app.cli import main
 from ktgraph.bind import bind
 from ktgraph.compile import compile_program
@@ -68,14 +68,15 @@ def jobs(file, *overrides: str):
     for batching in ("off", "all"):
         torch.manual_seed(0)
         out.append(prepare(load_graph(file, [*SMALL, f"train.batching={batching}", *overrides]), with_data=False,
-                           device="cpu"))
+                           device=DEVICE))
     out[1].modules.load_state_dict(out[0].modules.state_dict())
     return out
 
 
 def batch(seed: int):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(8, 3, 16, 16, generator=generator), torch.randint(0, 10, (8,), generator=generator)
+    x, y = torch.randn(8, 3, 16, 16, generator=generator), torch.randint(0, 10, (8,), generator=generator)
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def one_step(job, stage: int, x, y):

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .. import __version__  # also when run from a checkout that pip never installed
 from ..errors import GraphError, TrainingError
 from ..graph import KTGraph
 from ..runtime import RunDir, Trainer, prepare
@@ -103,7 +104,7 @@ def check_unfinished(graph: KTGraph, run: RunDir, payload: dict[str, Any]) -> No
 def environment(graph: KTGraph, argv: list[str], device: str, processes: int = 1) -> dict[str, Any]:
     return {"seed": graph.train.seed, "threads": torch.get_num_threads(), "device": device, "processes": processes,
             "command": argv, "python": sys.version.split()[0],
-            "platform": platform.platform(), "ktgraph": version("ktgraph"), "torch": torch.__version__,
+            "platform": platform.platform(), "ktgraph": __version__, "torch": torch.__version__,
             "torchvision": version("torchvision"), "timm": version("timm"),
             "cuda": torch.version.cuda, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
