@@ -102,12 +102,18 @@ def unfuse(plan: Plan) -> Plan:
 
 
 # --- the passes -------------------------------------------------------------------------------------
+# What ``train.batching: auto`` fuses on each device type: what benchmarks/batching.py measured faster
+# there. Nothing yet: on the CPU and on an H200 every fusion ran slower than separate calls
+# (benchmarks/README.md), so auto keeps the plan unbatched; the other settings still fuse on request.
+AUTO_BATCHING: dict[str, tuple[str, ...]] = {"cpu": (), "cuda": ()}
+
+
 def fuse_calls(plan: Plan, bound: BoundGraph) -> Plan:
-    """Fuse what ``train.batching`` asks (``auto``: both kinds on CUDA, none on the CPU, where a
-    prototype and ``benchmarks/batching.py`` measured no gain), as far as the chunks are fusable."""
+    """Fuse what ``train.batching`` asks (``auto``: what measured faster on the device, see
+    :data:`AUTO_BATCHING`), as far as the chunks are fusable."""
     setting = bound.graph.train.batching
     kinds = {"off": (), "inputs": ("inputs",), "peers": ("peers",), "all": ("inputs", "peers"),
-             "auto": ("inputs", "peers") if bound.device == "cuda" else ()}[setting]
+             "auto": AUTO_BATCHING.get(bound.device, ())}[setting]
     steps = list(plan.steps)
     notes = []
     for kind in kinds:

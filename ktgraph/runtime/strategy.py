@@ -141,6 +141,10 @@ class Distributed(Local):
         self.world = dist.get_world_size()
         self.is_main = self.rank == 0
         self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))  # processes on this machine
+        # Which parameters have a gradient is host-side knowledge: reduced over gloo next to an NCCL
+        # group, so that no step waits for the GPU to read it back.
+        self._host = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) \
+            if backend == "nccl" else None
 
     def threads(self, asked: int | None) -> int | None:
         """CPU ranks on one machine divide its cores, unless ``train.threads`` says otherwise."""
@@ -149,18 +153,20 @@ class Distributed(Local):
         return max(1, available_cores() // self.local_world)
 
     def reduce_gradients(self, params: Sequence[nn.Parameter]) -> None:
-        """One bucket: every parameter's gradient (zeros where it has none) and whether it has one."""
+        """One bucket of every parameter's gradient (zeros where it has none); whether each has one is
+        reduced on the host, so a gradient on some rank is a gradient on every rank."""
         if not params:
             return
+        present = torch.tensor([float(p.grad is not None) for p in params])
+        with self.guard():
+            dist.all_reduce(present, group=self._host)
         flat = torch.cat([(p.grad.detach() if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in params]
-                         + [torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)])
+                          for p in params])
         self._all_reduce(flat)
         offset = 0
-        present = flat[-len(params):].tolist()
-        for p, has in zip(params, present):
+        for p, has in zip(params, present.tolist()):
             n = p.numel()
-            if has:  # a gradient on some rank is a gradient on every rank
+            if has:
                 p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
             offset += n
 
