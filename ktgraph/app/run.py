@@ -20,13 +20,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import __version__  # also when run from a checkout that pip never installed
 from ..errors import GraphError, TrainingError
 from ..graph import KTGraph
 from ..runtime import RunDir, Trainer, prepare
@@ -101,11 +100,19 @@ def check_unfinished(graph: KTGraph, run: RunDir, payload: dict[str, Any]) -> No
                                     f"`ktgraph report {run}` its report; to train longer, start a new run")
 
 
+def _installed(package: str) -> str | None:
+    """A package's installed version; None for one imported from a source tree (``PYTHONPATH``), which has none."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def environment(graph: KTGraph, argv: list[str], device: str, processes: int = 1) -> dict[str, Any]:
     return {"seed": graph.train.seed, "threads": torch.get_num_threads(), "device": device, "processes": processes,
             "command": argv, "python": sys.version.split()[0],
-            "platform": platform.platform(), "ktgraph": __version__, "torch": torch.__version__,
-            "torchvision": version("torchvision"), "timm": version("timm"),
+            "platform": platform.platform(), "ktgraph": _installed("ktgraph"), "torch": torch.__version__,
+            "torchvision": _installed("torchvision"), "timm": _installed("timm"),
             "cuda": torch.version.cuda, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
