@@ -120,3 +120,25 @@ def overlapping_edge_labels(path: Path) -> list[tuple[str, str]]:
     """Pairs of edge labels (or lines of them) that cover each other."""
     labels = [t for t in read_drawing(path).texts if t.group == "edge"]
     return [(a.text, b.text) for i, a in enumerate(labels) for b in labels[i + 1:] if overlap(a.box, b.box)]
+
+
+def figure_texts(path: Path) -> list[tuple[str, Box]]:
+    """Each text of a matplotlib SVG (text kept as text) and its box; a text turned by ±90° stands upright."""
+    found = []
+    for el in ET.parse(path).getroot().iter(f"{SVG}text"):
+        style = dict(part.split(":", 1) for part in (el.get("style") or "").split(";") if ":" in part)
+        style = {key.strip(): value.strip() for key, value in style.items()}
+        size = _numbers(style.get("font-size", "10"))[0]
+        spec = el.get("transform", "")
+        shift = _numbers(m.group(1)) if (m := re.search(r"translate\(([^)]*)\)", spec)) else [0.0, 0.0]
+        x, y = float(el.get("x", 0)) + shift[0], float(el.get("y", 0)) + shift[-1]
+        turn = _numbers(m.group(1))[0] if (m := re.search(r"rotate\(([^)]*)\)", spec)) else 0.0
+        content = "".join(el.itertext())
+        length = WIDE_EM * size * len(content)
+        anchor = style.get("text-anchor", "start")
+        start = {"start": 0.0, "end": -length}.get(anchor, -length / 2)
+        if abs(turn) == 90:  # reads upwards: its length runs along y
+            found.append((content, (x - ASCENT * size, y - start - length, x + DESCENT * size, y - start)))
+        else:
+            found.append((content, (x + start, y - ASCENT * size, x + start + length, y + DESCENT * size)))
+    return found
