@@ -254,6 +254,7 @@ def test_a_kind_field_of_another_kind_says_whose_it_is(tmp_path, capsys):
     assert main(["validate", str(graph), "--no-build"]) == 2
     err = capsys.readouterr().err
     assert "g.yaml:3:" in err and "`loss` applies to the mimic link kind only, not `kl`" in err
+    assert "hint: set `kind: mimic`, or leave `loss` out" in err
 
 
 CUSTOM = ROOT / "examples" / "custom_kinds.yaml"
