@@ -22,7 +22,7 @@ from ktgraph.app.commands import REGISTRIES
 from ktgraph.app.load import load_run
 from ktgraph.data import DATASETS, data_info
 from ktgraph.errors import GraphError
-from ktgraph.kinds import ADAPTERS, AGGREGATORS, GATES, LINKS, AggregatorInput, GateContext, LinkInput
+from ktgraph.kinds import ADAPTERS, AGGREGATORS, GATES, LINKS, AggregatorInput, GateContext, LinkInput, adapter_hint
 from ktgraph.registry import Registry
 from ktgraph.settings import DataSettings
 from ktgraph.zoo import MODELS, allowed_cuts, create_model, split
@@ -128,6 +128,20 @@ def test_mimic_losses_and_its_regressor_decision():
     assert mimic.regressor((16, 8, 8), (32, 4, 4), "m") == "conv_bn_relu"  # the regressor maps the size too
     with pytest.raises(GraphError, match="cannot be compared"):
         LINKS["mimic"](adapter="none").regressor((16, 8, 8), (32, 4, 4), "m")
+
+
+def test_adapter_none_hints_at_what_would_map_the_shapes():
+    none = LINKS["mimic"](adapter="none")
+    with pytest.raises(GraphError) as sizes:  # `auto` (conv_bn_relu) maps channels and spatial size
+        none.regressor((16, 8, 8), (32, 4, 4), "m")
+    assert sizes.value.suggestion.startswith("set `adapter: auto`")
+    with pytest.raises(GraphError) as logits:  # no adapter maps a feature map onto logits: none suggested
+        none.regressor((16, 8, 8), (10,), "m")
+    assert "adapter" not in logits.value.suggestion and "`kl` link" in logits.value.suggestion
+    # A junction's `auto` is conv1x1_relu, which keeps the spatial size: name the kind that changes it.
+    assert adapter_hint((16, 8, 8), (32, 4, 4), "conv1x1_relu", "cut elsewhere").startswith(
+        "set `adapter: conv_bn_relu`")
+    assert adapter_hint((16, 8, 8), (32, 8, 8), "conv1x1_relu", "cut elsewhere").startswith("set `adapter: auto`")
 
 
 def _attention_by_hand(logits, features, wq, wk):
@@ -241,6 +255,7 @@ def test_a_kind_field_of_another_kind_says_whose_it_is(tmp_path, capsys):
     assert main(["validate", str(graph), "--no-build"]) == 2
     err = capsys.readouterr().err
     assert "g.yaml:3:" in err and "`loss` applies to the mimic link kind only, not `kl`" in err
+    assert "hint: set `kind: mimic`, or leave `loss` out" in err
 
 
 CUSTOM = ROOT / "examples" / "custom_kinds.yaml"

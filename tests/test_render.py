@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from svg_text import misplaced_text, overlapping_edge_labels
 from ktgraph.app.cli import main
 from ktgraph.app.commands import titled_plans
 from ktgraph.graph import load_graph
@@ -92,6 +93,8 @@ def test_every_graph_renders_to_svg(path: Path, tmp_path: Path):
         assert name in titles
     for link in graph.links:
         assert f"link:{link.name}" in text
+    assert not misplaced_text(out)  # a title, a legend entry or a node's text drawn past its box
+    assert not overlapping_edge_labels(out)  # e.g. the labels of DML's two opposite kl links
 
     plans = titled_plans(prepare(graph, with_data=False), path.name)
     out = viz.render(viz.plans_dot(plans), tmp_path / "plan.svg", "svg")
@@ -108,6 +111,7 @@ def test_every_graph_renders_to_svg(path: Path, tmp_path: Path):
             assert f"L[{term.node}] += {term.link}" in text
         for i, group in enumerate(plan.groups, 1):
             assert f"{prefix}legend#g{i}" in titles
+    assert not misplaced_text(out)
 
 
 def test_small_graph_dot_is_stable():
@@ -220,6 +224,8 @@ def test_cli_renders_the_matrix(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["render", str(ROOT / "graphs" / "dcl.yaml"), "--matrix", "--format", "dot"]) == 0
     assert "receiver" in (tmp_path / "dcl.matrix.dot").read_text()
+    assert main(["render", str(ROOT / "graphs" / "dcl.yaml"), "--matrix"]) == 0
+    assert not misplaced_text(tmp_path / "dcl.matrix.svg")
     assert main(["render", str(ROOT / "graphs" / "dcl.yaml"), "--matrix", "--plan"]) == 2
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from svg_text import figure_texts
 from ktgraph.errors import GraphError
 from ktgraph.app.cli import main
 from ktgraph.app.report.plots import colour_range
@@ -137,6 +138,18 @@ def test_heatmap_caption_reads_the_run_s_number_of_test_images(tmp_path):
     text = svg_text(plot_xross_heatmap(run))
     assert "one test image = 0.28 points of top-1 (360 test images)" in text
     assert "the colour scale spans at least 10 images" in text
+
+
+@pytest.mark.parametrize("table", [XROSS_2, XROSS_3], ids=["two parts", "three parts"])
+def test_heatmap_notes_sit_below_every_other_text(tmp_path, table):
+    calibrated = table.replace("best_epoch\n", "best_epoch,calibrated\n")
+    calibrated = re.sub(r"^((?!node,).*cross path.*)$", r"\1,yes", calibrated, flags=re.M)
+    texts = figure_texts(plot_xross_heatmap(make_run(tmp_path, calibrated), test_images=360))
+    note = ("one test image", "the colour scale", "* BatchNorm")
+    notes = [box for text, box in texts if text.startswith(note)]
+    others = [box for text, box in texts if not text.startswith(note)]
+    assert len(notes) == 3  # the note on the colours (two lines) and the one on calibration
+    assert min(box[1] for box in notes) >= max(box[3] for box in others)  # not over an axis label
 
 
 def test_curves_mark_the_calibrated_nodes(tmp_path):

@@ -17,13 +17,14 @@ from torch import nn
 
 from ..errors import GraphError
 from ..graph import AdapterId, KTGraph, Network, Ref, RegressorId, RunWeights, SegmentId
-from ..kinds import ADAPTERS, AUTO, NONE, AggregatorInput, GateContext, make_adapter
+from ..kinds import ADAPTERS, AUTO, NONE, AggregatorInput, GateContext, adapter_hint, make_adapter
 from ..zoo import Segment, create_model, load_state, split
 from ..zoo.sync_batchnorm import convert_sync_batchnorm
 from .modules import GraphModules
 
 Shape = tuple[int, ...]
 PROBE_BATCH = 2
+JUNCTION = "conv1x1_relu"  # the adapter kind a path's `adapter: auto` stands for at a junction
 
 
 @dataclass
@@ -183,8 +184,9 @@ class _Binder:
                 if path.adapter == NONE:
                     raise GraphError(f"path `{path.name}`: `{junction.up}` gives {out} but `{junction.down}` takes "
                                      f"{need}", where=path.where + ("adapter",),
-                                     suggestion="set `adapter: auto` to join them with a 1x1 conv + ReLU")
-                kind = "conv1x1_relu" if path.adapter == AUTO else path.adapter
+                                     suggestion=adapter_hint(out, need, JUNCTION,
+                                                             "cut the networks where their shapes agree"))
+                kind = JUNCTION if path.adapter == AUTO else path.adapter
                 self.adapter("adapters", junction.key, kind, (out, need), path.where + ("adapter",),
                              f"path `{path.name}` at `{junction}`: ")
                 self.adapters[junction] = kind

@@ -1,6 +1,6 @@
 """A link template's ``gates:``: one gate per expanded link, written as a matrix of the ``each`` values.
 
-DCL (Minami et al., seed 002) gives every cell of its N×N link matrix its own gate, and its search
+DCL (Minami et al., ACCV 2020) gives every cell of its N×N link matrix its own gate, and its search
 names one gate per cell. With ``gates:`` a template keeps one entry per matrix while each cell can be
 set, in the file or by an ordinary override (``links.1.gates.net1.net2=correct``): the mapping is
 nested once per ``each`` variable, in the order they are written (rows, then columns).

@@ -62,6 +62,29 @@ def make_adapter(kind: str, source: Shape, target: Shape) -> nn.Module:
     return ADAPTERS.get(kind)().build(tuple(source), tuple(target))
 
 
+def adapters_for(source: Shape, target: Shape) -> list[str]:
+    """The registered adapter kinds that map ``source`` to ``target``: each is asked to build one."""
+    fits = []
+    for kind in ADAPTERS.list():
+        try:
+            make_adapter(kind, source, target)
+        except Exception:  # noqa: BLE001 -- a user's adapter failing on these shapes refuses them
+            continue
+        fits.append(kind)
+    return fits
+
+
+def adapter_hint(source: Shape, target: Shape, auto: str, otherwise: str) -> str:
+    """What to set where `adapter: none` meets shapes that differ, so that the advice works: ``auto``
+    when the kind it stands for (``auto``) maps them, else a kind that does, else ``otherwise``."""
+    fits = adapters_for(source, target)
+    if auto in fits:
+        return f"set `adapter: auto` (a {adapter_label(auto)} where the shapes differ)"
+    if fits:
+        return f"set `adapter: {fits[0]}` ({adapter_label(fits[0])}), which maps these shapes"
+    return otherwise
+
+
 @register_adapter
 class Conv1x1ReLU(Adapter):
     """1x1 convolution (with bias) + ReLU: XML's junction adapter (docs/methods/xml.md); channels only."""

@@ -14,6 +14,7 @@ from pydantic import ConfigDict
 from pydantic_core import PydanticCustomError
 
 from ..config import Strict
+from ..errors import closest, did_you_mean
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -45,14 +46,32 @@ class Unit(Strict):
 
     @classmethod
     def _unknown_field(cls, key: str, known: set[str]) -> PydanticCustomError:
-        """A field of another kind of the same family says which kinds it belongs to."""
-        owners = [name for name in getattr(cls, "registry", ()) if key in cls.registry[name].model_fields]
+        """A field of another kind of the same family says which kinds take it, and a misspelling of
+        one (with no close field of this kind) names it and its kinds: the user may have the wrong kind."""
         here = cls.model_fields.get("kind")
-        if owners and here is not None:
+        registry = getattr(cls, "registry", None)
+        if here is None or registry is None:
+            return super()._unknown_field(key, known)
+        kind = str(here.default)
+        others = {name: set(registry[name].model_fields) - {"kind"} for name in registry if name != kind}
+
+        def owners_of(field: str) -> list[str]:
+            return [name for name, fields in others.items() if field in fields]
+
+        owners = owners_of(key)
+        context = {"field": key, "family": cls.family, "kind": kind}
+        if owners:
+            switch = f"`kind: {owners[0]}`" if len(owners) == 1 else "`kind:` " + " or ".join(owners)
             return PydanticCustomError(
                 "unknown_field", "`{field}` applies to the {owners} {family} only, not `{kind}`",
-                {"field": key, "owners": " and ".join(owners), "family": cls.family, "kind": str(here.default),
-                 "expected": ", ".join(sorted(known - {"kind"})), "suggestion": ""})
+                {**context, "owners": " and ".join(owners), "expected": ", ".join(sorted(known - {"kind"})),
+                 "suggestion": f"set {switch}, or leave `{key}` out"})
+        near = [] if did_you_mean(key, known) else closest(key, set().union(*others.values()))
+        if near:
+            hint = (f"did you mean `{near[0]}`? It is a field of the {' and '.join(owners_of(near[0]))} "
+                    f"{cls.family}, not of `{kind}`")
+            return PydanticCustomError("unknown_field", "unknown field `{field}`",
+                                       {**context, "expected": ", ".join(sorted(known)), "suggestion": hint})
         return super()._unknown_field(key, known)
 
     # --- lifecycle hooks (the trainer calls them; the defaults do nothing) ------------------------------

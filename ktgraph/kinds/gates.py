@@ -1,6 +1,6 @@
 """Gates of the knowledge transfer graph: how a link's per-sample losses become its value.
 
-Through, cutoff, linear and correct follow Minami et al. (DCL, seed 002); ramp is the
+Through, cutoff, linear and correct follow Minami et al. (DCL, ACCV 2020); ramp is the
 OKDDip/ONE consistency ramp. A cutoff link is removed by the compiler and never reaches a
 gate. Register your own with ``@register_gate`` on a :class:`Gate` subclass.
 """

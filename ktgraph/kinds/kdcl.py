@@ -1,7 +1,7 @@
-"""KDCL's four teachers (Song et al. / seed 004): logits built from the students, per batch.
+"""KDCL's four teachers (Guo et al., CVPR 2020): logits built from the students, per batch.
 
 No official code is public; the choices below are ktgraph's and docs/methods/kdcl.md states them.
-Each teacher is an aggregator read by the students' KL links (detached there, as METHODS.md says).
+Each teacher is an aggregator read by the students' KL links (detached there, as docs/methods/kdcl.md says).
 Naive, Linear and MinLogit read the labels, so evaluation (which must not) does not report them;
 General's weights come from the held-out split and are fixed during an epoch.
 """

@@ -18,13 +18,14 @@ from torch import Tensor
 
 from ..errors import GraphError
 from ..registry import Registry
-from .adapters import AUTO, NONE, AdapterChoice
+from .adapters import AUTO, NONE, AdapterChoice, adapter_hint
 from .base import Unit
 from .gates import GateContext
 
 LINKS: Registry[type[LinkKind]] = Registry("link kind")
 register_link = LINKS.register
 Shape = tuple[int, ...]
+REGRESSOR = "conv_bn_relu"  # the adapter kind a mimic link's `adapter: auto` stands for
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,15 @@ class Mimic(LinkKind):
         return ["mimic"] + ([self.loss] if self.loss != "mse" else [])
 
     def regressor(self, target: Shape, source: Shape, link: str) -> str | None:
-        """``auto``: a ``conv_bn_relu`` where shapes differ (it maps channels and spatial size, or refuses)."""
+        """``auto``: a ``conv_bn_relu`` (``REGRESSOR``) where shapes differ (it maps channels and spatial size, or refuses)."""
         if source == target and self.adapter in (AUTO, NONE):
             return None
         if self.adapter == NONE:
             raise GraphError(f"link `{link}`: target feature {target} cannot be compared with source feature "
                              f"{source}", where=("adapter",),
-                             suggestion="use `adapter: auto` (a conv + BN + ReLU regressor onto the source's shape)")
-        return "conv_bn_relu" if self.adapter == AUTO else self.adapter
+                             suggestion=adapter_hint(target, source, REGRESSOR,
+                                                     "compare logits with a `kl` link, feature maps with `mimic`"))
+        return REGRESSOR if self.adapter == AUTO else self.adapter
 
 
 # --- the functional forms ------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 :func:`render` writes DOT text or runs a dot binary: the system ``dot`` when there is one,
 else the ``graphviz-pure`` program that the ``graphviz-pure`` package installs (see
-:func:`find_renderer`). The small helpers here are shared by the graph and plan drawings.
+:func:`find_renderer`); an SVG's text is then held to its laid-out widths (:mod:`.fit`). The small helpers here are shared by the graph and plan drawings.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import graphviz
 
 from ...errors import GraphError
+from .fit import fit_text, laid_out_widths
 
 FORMATS = ("svg", "dot", "png")
 FONT = "Helvetica"
@@ -106,13 +108,22 @@ def render(dot: graphviz.Digraph, out: str | Path, fmt: str = "svg") -> Path:
         out.write_text(dot.source, encoding="utf-8")
         return out
     command = find_renderer()
+    if fmt == "svg":  # laid out twice (the same input, the same layout): once for the widths, once to draw
+        widths = laid_out_widths(json.loads(_run(command, "json", dot.source)))
+        out.write_bytes(fit_text(_run(command, "svg", dot.source).decode("utf-8"), widths).encode("utf-8"))
+    else:
+        out.write_bytes(_run(command, fmt, dot.source))
+    return out
+
+
+def _run(command: list[str], fmt: str, source: str) -> bytes:
+    """What the renderer ``command`` writes for DOT ``source`` in format ``fmt``."""
     try:
-        done = subprocess.run([*command, f"-T{fmt}"], input=dot.source.encode("utf-8"), capture_output=True,
+        done = subprocess.run([*command, f"-T{fmt}"], input=source.encode("utf-8"), capture_output=True,
                               check=False, timeout=300)
     except OSError as err:
         raise GraphError(f"cannot run {command[0]}: {err}", file="command line") from None
     if done.returncode != 0 or not done.stdout:
         message = done.stderr.decode("utf-8", "replace").strip() or f"exit status {done.returncode}"
         raise GraphError(f"{Path(command[0]).name} failed to render the graph: {message}", file="command line")
-    out.write_bytes(done.stdout)
-    return out
+    return done.stdout

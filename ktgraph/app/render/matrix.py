@@ -1,4 +1,4 @@
-"""The link matrix of a graph, as the knowledge-transfer-graph paper draws it (DCL, seed 002).
+"""The link matrix of a graph, as the knowledge-transfer-graph paper draws it (DCL, Minami et al., ACCV 2020).
 
 Rows are the receiving nodes (a link's target), columns the sending nodes (its source), the label
 first: the diagonal of a DCL graph is then each node's CE with the label. Each cell names the gate
