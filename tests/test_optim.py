@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from conftest import Built, load_text
+from conftest import ROOT, Built, load_text
+from ktgraph.app.cli import main
 from ktgraph.graph import SegmentId
 from ktgraph.kinds import GateContext
 from ktgraph.runtime.schedule import make_optimizer, make_scheduler, parameter_groups
@@ -99,3 +100,15 @@ def test_the_schedule_scales_every_group_by_one_factor():
     factor = 0.5 * (1 + math.cos(math.pi * 3 / 8))  # cosine over 2 epochs of 4 steps, after 3 steps
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
         [lr * factor for lr in (0.01, 0.001, 0.005)], rel=1e-12)
+
+
+def test_plan_shows_each_stage_s_optimizer(capsys):
+    assert main(["plan", str(ROOT / "graphs/kd.yaml"), "networks.student.optimizer={lr: 0.02}",
+                 "stages.1.optimizer={name: adamw, lr: 0.001}", "stages.1.schedule={name: constant}"]) == 0
+    printed = capsys.readouterr().out
+    assert ("optimizer: sgd, lr 0.1, momentum 0.9, nesterov, weight_decay 0.0005; schedule: cosine over 10 epoch(s)\n"
+            "  network student, a parameter group of its own: lr 0.02, momentum 0.9, nesterov, weight_decay 0.0005"
+            ) in printed
+    assert ("optimizer: adamw, lr 0.001, betas (0.9, 0.999), weight_decay 0.0005; schedule: constant over 10 epoch(s)\n"
+            "  network student, a parameter group of its own: lr 0.0002, betas (0.9, 0.999), weight_decay 0.0005"
+            ) in printed

@@ -181,7 +181,8 @@ class Trainer:
             self._record(stage, epoch, results)
             self.state.epoch = epoch + 1
             line = {"stage": stage.name, "stage_index": self.state.stage, "epoch": epoch + 1,
-                    "lr": optimizer.param_groups[0]["lr"], **self._network_lrs(groups, optimizer), "seconds": round(time.perf_counter() - started, 3),
+                    "lr": optimizer.param_groups[0]["lr"], **self._network_lrs(groups, optimizer),
+                    "seconds": round(time.perf_counter() - started, 3),
                     "images": {split: len(d) for split, d in (("test", self.data.test), ("val", self.data.val))
                                if d is not None},
                     **train_stats, **calibration, **results}
