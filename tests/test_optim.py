@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT, Built, load_text
 from ktgraph.app.cli import main
-from ktgraph.graph import SegmentId
+from ktgraph.graph import SegmentId, load_graph
 from ktgraph.kinds import GateContext
 from ktgraph.runtime.schedule import make_optimizer, make_scheduler, parameter_groups
 from ktgraph.settings import OptimizerSettings, ScheduleSettings
@@ -112,3 +112,12 @@ def test_plan_shows_each_stage_s_optimizer(capsys):
     assert ("optimizer: adamw, lr 0.001, betas (0.9, 0.999), weight_decay 0.0005; schedule: constant over 10 epoch(s)\n"
             "  network student, a parameter group of its own: lr 0.0002, betas (0.9, 0.999), weight_decay 0.0005"
             ) in printed
+
+
+def test_a_graph_without_overrides_records_none():
+    """Its config (config.yaml, a checkpoint's) is what it was before these fields: older runs still resume."""
+    document = load_graph(ROOT / "graphs/kd.yaml").document
+    assert all("optimizer" not in network for network in document["networks"].values())
+    assert all({"optimizer", "schedule"}.isdisjoint(stage) for stage in document["stages"])
+    fitnet = load_graph(ROOT / "graphs/fitnet.yaml").document["stages"]
+    assert [stage.get("optimizer") for stage in fitnet] == [None, {"lr": 0.2}, None]

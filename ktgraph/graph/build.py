@@ -282,6 +282,12 @@ class _Builder(Structure):
         document = self.spec.model_dump(mode="json")
         if document.get("search") is None:  # only a search file has one
             document.pop("search", None)
+        # No override written, none recorded: a run whose checkpoint predates these fields still resumes.
+        for entry, keys in [*((n, ("optimizer",)) for n in document["networks"].values()),
+                            *((s, ("optimizer", "schedule")) for s in document["stages"])]:
+            for key in keys:
+                if not entry[key]:
+                    del entry[key]
         if self.source is not None and document.get("imports"):
             base = FilePath(self.source.file).resolve().parent
             document["imports"] = [str((base / name).resolve()) if name.endswith(".py") else name
