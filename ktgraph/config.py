@@ -34,9 +34,14 @@ class Strict(BaseModel):
 
     @classmethod
     def _unknown_field(cls, key: str, known: set[str]) -> PydanticCustomError:
-        return PydanticCustomError("unknown_field", "unknown field `{field}`",
-                                   {"field": key, "expected": ", ".join(sorted(known)),
-                                    "suggestion": did_you_mean(key, known)})
+        return unknown_field(key, known)
+
+
+def unknown_field(key: str, known: set[str]) -> PydanticCustomError:
+    """A key that is none of ``known`` (located like any field error, with the closest field as a hint)."""
+    return PydanticCustomError("unknown_field", "unknown field `{field}`",
+                               {"field": key, "expected": ", ".join(sorted(known)),
+                                "suggestion": did_you_mean(key, known)})
 
 
 def choice_error(what: str, name: str, known: list[str]) -> PydanticCustomError:

@@ -52,6 +52,8 @@ class DataSettings(Strict):
 
 
 class OptimizerSettings(Strict):
+    """``train.optimizer``; a stage's ``optimizer`` is merged over it (:func:`overridden`)."""
+
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -69,8 +71,21 @@ class OptimizerSettings(Strict):
             raise ValueError("nesterov needs a momentum above 0")
         return self
 
+    def torch_args(self) -> dict[str, Any]:
+        """The hyperparameters this optimizer reads, as torch names them (a parameter group's keys but `params`)."""
+        if self.name == "sgd":
+            return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                    "weight_decay": self.weight_decay}
+        return {"lr": self.lr, "betas": self.betas, "weight_decay": self.weight_decay}
+
+
+# What a network's own `optimizer` may set: the fields torch keeps per parameter group.
+NETWORK_FIELDS = frozenset({"lr", "weight_decay", "momentum", "betas"})
+
 
 class ScheduleSettings(Strict):
+    """``train.schedule``; a stage's ``schedule`` is merged over it (:func:`overridden`)."""
+
     name: Literal["constant", "multistep", "cosine"] = "cosine"
     milestones: list[Annotated[int, Field(gt=0)]] = []
     gamma: float = Field(0.1, gt=0)
@@ -84,6 +99,17 @@ class ScheduleSettings(Strict):
         if self.name != "cosine" and self.min_lr:
             raise ValueError(f"`min_lr` applies to the cosine schedule, not `{self.name}`")
         return self
+
+
+def overridden(base: OptimizerSettings | ScheduleSettings, given: dict[str, Any]) -> dict[str, Any]:
+    """A stage's partial ``optimizer`` or ``schedule`` over the train section's, to be validated as a whole.
+
+    The fields given replace the base's; a ``name`` other than the base's starts from that name's
+    defaults instead, so a stage that switches sgd to adamw inherits no sgd field (nor lr or
+    weight decay: what the stage does not write is the new optimizer's default).
+    """
+    start = base.model_dump() if given.get("name", base.name) == base.name else {}
+    return {**start, **given}
 
 
 class CalibrateSettings(Strict):

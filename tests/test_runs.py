@@ -42,9 +42,16 @@ def test_default_job_runs_end_to_end(tmp_path, capsys):
     assert "train:\n" in (out / "config.yaml").read_text()  # the fully resolved config
 
 
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+# A network optimizer in each stage (the teacher's in the first, the student's in the second, where the default
+# group is empty: the teacher is frozen) and a stage that changes the optimizer and the schedule.
+GROUPS = ["networks.teacher.optimizer={lr: 0.05}", "networks.student.optimizer={lr: 0.02, weight_decay: 0.001}",
+          "stages.1.optimizer={lr: 0.05, momentum: 0.8}", "stages.1.schedule={name: multistep, milestones: [1]}"]
+
+
+@pytest.mark.parametrize("groups", [[], GROUPS], ids=["train-optimizer", "stage-and-network-optimizers"])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, groups):
     graph = str(ROOT / "graphs/kd.yaml")
-    args = ["--no-progress", "stages.0.epochs=1", "stages.1.epochs=2", *QUICK]
+    args = ["--no-progress", "stages.0.epochs=1", "stages.1.epochs=2", *QUICK, *groups]
     whole = tmp_path / "whole"
     assert main(["run", graph, "--out", str(whole), *args]) == 0
 
@@ -70,6 +77,11 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     end_a = torch.load(whole / "checkpoints/last.pt", weights_only=True)["model"]
     end_b = torch.load(broken / "checkpoints/last.pt", weights_only=True)["model"]
     assert all(torch.equal(end_a[k], end_b[k]) for k in end_a)
+    # The student's rate: 0.02 scaled by the stage's 0.05 over train's 0.1, times gamma after the milestone.
+    assert [m.get("lrs") for m in metrics(broken)] == ([None] * 3 if not groups else
+                                                       [{"teacher": 0.0}] + [{"student": pytest.approx(1e-3)}] * 2)
+    # config.yaml re-run is the same graph: the same stages, optimizers and groups.
+    assert load_graph(broken / "config.yaml").stages == load_graph(graph, args[1:]).stages
 
 
 def test_non_finite_loss_stops_and_names_the_link(tmp_path, capsys):

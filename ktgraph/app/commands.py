@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..compile import Plan
-from ..compile.format import format_plan
+from ..compile.format import format_plan, format_training
 from ..compile.pipeline import Trace
 from ..data import DATASETS, find_data
 from ..errors import GraphError
@@ -81,13 +81,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     graph, file = one_graph(args.targets, "plan", "ktgraph plan FILE [key=value ...]", allow_imports=args.allow_imports)
     traced: list[tuple[str, Plan]] = []
     job = _build(graph, trace=(lambda name, plan: traced.append((name, plan))) if args.passes else None)
-    for title, plan in titled_plans(job, file, eval_plan=args.eval):
+    for stage, (title, plan) in zip(job.graph.stages, titled_plans(job, file, eval_plan=args.eval)):
         if args.passes:
             for name, step in traced:
                 if (step.mode == "eval") == args.eval and step.stage == plan.stage:
                     print(format_plan(step, f"{title}, after {name}") + "\n")
         else:
             print(format_plan(plan, title))
+        if not args.eval:
+            print("\n" + format_training(stage))
     if args.costs:
         _print_costs(job, file)
     return 0

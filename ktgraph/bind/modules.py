@@ -52,6 +52,11 @@ class GraphModules(nn.Module):
                     seen.setdefault(id(param), param)
         return list(seen.values())
 
+    def own_parameters(self, network: str) -> list[nn.Parameter]:
+        """A network's trainable parameters but those of the trunk it shares, which are its owner's."""
+        shared = {id(p) for s in self.borrowed[network] for p in self.segments[s].parameters()}
+        return [p for p in self.networks[network].parameters() if p.requires_grad and id(p) not in shared]
+
     def set_fixed(self, networks: Iterable[str]) -> None:
         """Fix ``networks`` (no gradient, BatchNorm statistics and dropout in eval mode); free the others."""
         self.fixed = frozenset(networks)

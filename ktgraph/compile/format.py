@@ -1,11 +1,13 @@
-"""Plans as text: the steps in order, what is shared, each node's loss as a formula, the gradient groups.
+"""Plans as text: the steps in order, what is shared, each node's loss as a formula, the gradient groups;
+and how a stage optimizes (its effective optimizer and schedule, each network's own parameter group).
 
 Display names are derived here, when printing: a call's value is ``v1``, ``v2``, ... in step
 order, an aggregate's under its own name; the plan itself keeps the full expressions.
 """
 from __future__ import annotations
 
-from ..graph import ModuleId, by_name
+from ..graph import ModuleId, Stage, by_name
+from ..settings import OptimizerSettings
 from .fusion import FusedCall, View
 from .ir import INPUT, Call, Plan, Step, Term
 
@@ -93,4 +95,21 @@ def format_plan(plan: Plan, title: str = "") -> str:
             lines.append(f"      from {', '.join(group.terms)}")
     if plan.notes:
         lines += ["", "passes:"] + [f"  {note}" for note in plan.notes]
+    return "\n".join(lines)
+
+
+def _hyper(settings: OptimizerSettings) -> str:
+    """``lr 0.1, momentum 0.9, nesterov, weight_decay 0.0005``: the fields the optimizer reads."""
+    return ", ".join(key if value is True else f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                     for key, value in settings.torch_args().items() if value is not False)
+
+
+def format_training(stage: Stage) -> str:
+    """The stage's optimizer and schedule after its overrides, and the parameter group of each network that
+    has an optimizer of its own (the default group holds every other parameter)."""
+    schedule = stage.schedule.model_dump(exclude_defaults=True, exclude={"name"})
+    lines = [f"optimizer: {stage.optimizer.name}, {_hyper(stage.optimizer)}; schedule: {stage.schedule.name} over "
+             f"{stage.epochs} epoch(s)" + "".join(f", {key} {value}" for key, value in schedule.items())]
+    lines += [f"  network {name}, a parameter group of its own: {_hyper(settings)}"
+              for name, settings in stage.groups]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from ..spec.schema import GraphSpec
 from ..spec.validate import validate_section
 from .cells import cell_gates
 from .ids import AdapterId, AggregatorId, ModuleId
+from .optim import check_networks, network_groups, stage_optimizer
 from .records import ALL, LABEL, Aggregator, Ensemble, KTGraph, Link, Ref, Scales, Stage, Where
 from .structure import Structure
 
@@ -257,6 +258,8 @@ class _Builder(Structure):
 
     def stages(self, links: list[Link]) -> list[Stage]:
         link_names = [link.name for link in links]
+        train = self.spec.train
+        check_networks(train, self.spec.networks)
         stages = []
         for si, stage in enumerate(self.spec.stages):
             for li, name in enumerate(stage.links or []):
@@ -265,9 +268,12 @@ class _Builder(Structure):
             for fi, net in enumerate(stage.freeze):
                 if net not in self.networks:
                     raise unknown_name("network", net, self.networks, ("stages", si, "freeze", fi))
-            stages.append(Stage(stage.name, stage.epochs or self.spec.train.epochs,
-                                None if stage.links is None else frozenset(stage.links), frozenset(stage.freeze)))
-        return stages or [Stage("main", self.spec.train.epochs)]
+            optimizer, schedule = stage_optimizer(train, stage.optimizer, stage.schedule, ("stages", si))
+            stages.append(Stage(stage.name, stage.epochs or train.epochs, optimizer, schedule,
+                                None if stage.links is None else frozenset(stage.links), frozenset(stage.freeze),
+                                network_groups(train, self.spec.networks, stage.name, optimizer)))
+        return stages or [Stage("main", train.epochs, train.optimizer, train.schedule,
+                                groups=network_groups(train, self.spec.networks, "main", train.optimizer))]
 
     def document(self) -> dict[str, Any]:
         """The fully resolved file as plain data; relative ``imports:`` files made absolute, and ``weights``
@@ -276,6 +282,12 @@ class _Builder(Structure):
         document = self.spec.model_dump(mode="json")
         if document.get("search") is None:  # only a search file has one
             document.pop("search", None)
+        # No override written, none recorded: a run whose checkpoint predates these fields still resumes.
+        for entry, keys in [*((n, ("optimizer",)) for n in document["networks"].values()),
+                            *((s, ("optimizer", "schedule")) for s in document["stages"])]:
+            for key in keys:
+                if not entry[key]:
+                    del entry[key]
         if self.source is not None and document.get("imports"):
             base = FilePath(self.source.file).resolve().parent
             document["imports"] = [str((base / name).resolve()) if name.endswith(".py") else name

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from ..errors import GraphError
 from ..kinds import AggregatorKind, Gate, LinkKind
-from ..settings import DataSettings, TrainSettings
+from ..settings import DataSettings, OptimizerSettings, ScheduleSettings, TrainSettings
 from .ids import AdapterId, AggregatorId, ModuleId, SegmentId
 
 Where = tuple[str | int, ...]
@@ -170,12 +170,17 @@ class Link:
 
 @dataclass(frozen=True)
 class Stage:
-    """A training stage: its active links (None: all) and the networks it freezes."""
+    """A training stage: its active links (None: all), the networks it freezes, and its effective optimizer
+    and schedule (``train``'s with the stage's overrides); ``groups``: the optimizer of each network that has
+    its own (a parameter group of its own in this stage)."""
 
     name: str
     epochs: int
+    optimizer: OptimizerSettings = field(hash=False)
+    schedule: ScheduleSettings = field(hash=False)
     links: frozenset[str] | None = None
     freeze: frozenset[str] = frozenset()
+    groups: tuple[tuple[str, OptimizerSettings], ...] = field(default=(), hash=False)
 
 
 @dataclass

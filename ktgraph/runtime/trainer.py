@@ -39,7 +39,7 @@ from .checkpoint import config_difference, trained_config, upgrade_state
 from .hooks import UnitHooks
 from .job import Job
 from .rundir import RunDir
-from .schedule import make_optimizer, make_scheduler
+from .schedule import Group, make_optimizer, make_scheduler, parameter_groups
 from .strategy import Local
 
 
@@ -148,9 +148,10 @@ class Trainer:
         # Networks no active link trains are fixed teachers: no gradient, BatchNorm in eval mode.
         self.modules.set_fixed(plan.fixed)
         executor = Executor(plan, self.modules)
-        optimizer = make_optimizer([p for p in self.modules.parameters() if p.requires_grad], self.settings.optimizer)
+        groups = parameter_groups(self.modules, stage)
+        optimizer = make_optimizer(groups)
         steps = math.ceil(len(self.data.train) / self.settings.batch_size)
-        scheduler = make_scheduler(optimizer, self.settings.schedule, stage.epochs, steps, self.settings.optimizer.lr)
+        scheduler = make_scheduler(optimizer, stage.schedule, stage.epochs, steps, stage.optimizer.lr)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.settings.amp == "fp16"
                                       and self.device.type == "cuda")
         if self._resume_payload is not None:
@@ -180,7 +181,8 @@ class Trainer:
             self._record(stage, epoch, results)
             self.state.epoch = epoch + 1
             line = {"stage": stage.name, "stage_index": self.state.stage, "epoch": epoch + 1,
-                    "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3),
+                    "lr": optimizer.param_groups[0]["lr"], **self._network_lrs(groups, optimizer),
+                    "seconds": round(time.perf_counter() - started, 3),
                     "images": {split: len(d) for split, d in (("test", self.data.test), ("val", self.data.val))
                                if d is not None},
                     **train_stats, **calibration, **results}
@@ -199,6 +201,13 @@ class Trainer:
             self.events.emit("before_checkpoint", BeforeCheckpoint(info, payload))
             if self.strategy.is_main:
                 self.run_dir.save_checkpoint(payload, keep=self.settings.keep_checkpoints)
+
+    @staticmethod
+    def _network_lrs(groups: list[Group], optimizer: torch.optim.Optimizer) -> dict[str, dict[str, float]]:
+        """``lrs``: the rate of each network's own group, when there are any (``lr`` is the default group's)."""
+        if len(groups) == 1:
+            return {}
+        return {"lrs": {str(g.network): p["lr"] for g, p in zip(groups[1:], optimizer.param_groups[1:])}}
 
     def _train_epoch(self, executor: Executor, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                      stage: Stage, epoch: int, steps: int) -> dict[str, Any]:

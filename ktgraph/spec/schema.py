@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, Field, create_model, field_validator, model_validator
 
-from ..config import Name, Strict
+from ..config import Name, Strict, unknown_field
 from ..kinds import AGGREGATORS, AUTO, GATES, LINKS, AdapterChoice, Unit
 from ..registry import Registry
-from ..settings import DataSettings, TrainSettings
+from ..settings import NETWORK_FIELDS, DataSettings, TrainSettings
 
 RESERVED_NAMES = frozenset({"label", "all", "x"})
 
@@ -39,6 +39,16 @@ class NetworkSpec(Strict):
     frozen: bool = False
     kwargs: dict[str, Any] = {}
     shares: dict[Name, Name] = {}  # part -> the network whose segment this network runs as that part
+    optimizer: dict[str, Any] = {}  # its own parameter group: NETWORK_FIELDS over each stage's optimizer
+
+    @field_validator("optimizer")
+    @classmethod
+    def _group_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Only what torch keeps per parameter group; the values are checked with each stage's optimizer."""
+        for key in value:
+            if key not in NETWORK_FIELDS:
+                raise unknown_field(str(key), set(NETWORK_FIELDS))
+        return value
 
     @model_validator(mode="after")
     def _parts_match_cuts(self) -> NetworkSpec:
@@ -90,12 +100,18 @@ class CrossSpec(Strict):
 
 
 class StageSpec(Strict):
-    """A training stage: which links are active and which networks stay fixed."""
+    """A training stage: which links are active, which networks stay fixed, and how it optimizes.
+
+    ``optimizer`` and ``schedule`` are partial: merged over ``train``'s when the graph is built
+    (``settings.overridden``) and checked as a whole there, located at the stage's field.
+    """
 
     name: Name
     epochs: int | None = Field(None, gt=0)  # default: train.epochs
     links: list[str] | None = None
     freeze: list[Name] = []
+    optimizer: dict[str, Any] = {}
+    schedule: dict[str, Any] = {}
 
 
 class LinkCommon(Strict):

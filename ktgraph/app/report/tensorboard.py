@@ -71,6 +71,8 @@ class TensorBoardLogger(Callback):
         for key in ("lr", "seconds"):
             if isinstance(line.get(key), (int, float)):
                 scalars[key] = float(line[key])
+        for network, value in (line.get("lrs") or {}).items():  # the networks with a parameter group of their own
+            scalars[tag("lr", network)] = float(value)
         for name, value in (line.get("links") or {}).items():
             scalars[tag("link", name)] = float(value)
         for node, value in (line.get("node_loss") or {}).items():
