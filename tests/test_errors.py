@@ -187,6 +187,18 @@ def test_an_epochs_override_that_stages_ignore_names_their_fields(capsys: pytest
     assert code == 0 and "warning" not in output  # no stages: the override applies
 
 
+def test_an_optimizer_override_that_a_stage_replaces_names_its_field(capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = run_cli(capsys, "validate", str(ROOT / "graphs" / "fitnet.yaml"), "train.optimizer.lr=0.05",
+                           "--no-build")
+    assert code == 0
+    assert ("warning: override `train.optimizer.lr=0.05` is the default of stages without their own `lr`; these "
+            "keep theirs: `stages.1.optimizer.lr` (hint: 0.2)") in output
+    assert "hint: override them instead, e.g. stages.1.optimizer.lr=0.05" in output
+    code, output = run_cli(capsys, "validate", str(ROOT / "graphs" / "fitnet.yaml"), "train.optimizer.momentum=0.8",
+                           "--no-build")
+    assert code == 0 and "warning" not in output  # no stage sets momentum: the override reaches every stage
+
+
 def test_warnings_print_as_messages_without_ktgraph_s_source(capsys: pytest.CaptureFixture[str]) -> None:
     code, output = run_cli(capsys, "validate", str(ROOT / "graphs" / "kd.yaml"), "stages.0.links=[ce:student]")
     assert code == 0

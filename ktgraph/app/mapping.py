@@ -1,7 +1,7 @@
 """Channel mapping seen from outside: ``ktgraph map`` and what a run writes about its mapping.
 
 ``ktgraph map FILE`` builds the graph (loading its networks' weights), maps each ``mapping:``
-as a run would before its stage, prints the seed's three matching scores, linear CKA and the
+as a run would before its stage, prints the three matching scores, linear CKA and the
 assignment, and with ``--out DIR`` draws each cut's score matrix before and after. Nothing is
 trained or saved. A run writes the same into ``mapping.json`` and ``mapping/*.svg``.
 """

@@ -1,4 +1,4 @@
-"""Tables for people: the summary rows of a run, the Xross tables in the seed's layout, costs, and counts.
+"""Tables for people: the summary rows of a run, the Xross tables in the XML study's layout, costs, and counts.
 
 Everything here formats numbers already measured (``ktgraph.runtime.measure``) or logged; it
 computes nothing about the model.
@@ -196,7 +196,7 @@ def pareto_indices(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def human_count(value: float | None) -> str:
-    """21320000 -> '21.32M' (the seed tables' style), 675392 -> '675.4k'."""
+    """21320000 -> '21.32M' (the XML tables' style), 675392 -> '675.4k'."""
     if value is None:
         return "n/a"
     for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):

@@ -4,7 +4,7 @@ The run's job (data, modules with the last checkpoint's weights, program) is loa
 eval plan gives every node's accuracy from one shared forward, and ``runtime.measure`` every
 node's exact #params, MACs and latency. Paths whose segments read another network's features are
 evaluated with calibrated BatchNorm statistics (``runtime/calibrate.py``) unless asked not to. The
-tables follow the seed: up-half x down-half matrices for two-part crosses, one line per path with a
+tables follow the XML study's: up-half x down-half matrices for two-part crosses, one line per path with a
 column per part for more parts, then the ensembles.
 """
 from __future__ import annotations

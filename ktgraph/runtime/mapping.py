@@ -46,7 +46,7 @@ class MappedCut:
     part: str
     method: str
     score: str
-    scores: dict[str, float]  # the seed's three numbers (identity, random, mapped); empty for different widths
+    scores: dict[str, float]  # the three matching scores (identity, random, mapped); empty for different widths
     cka: float
     order: list[int] | None  # the applied order (new channel i = old channel order[i]); None: widths differ
     adapters: list[str] = field(default_factory=list)  # adapters started by least squares

@@ -1,6 +1,6 @@
 """Measuring every node of a trained graph: exact parameters, MACs and latency, from the eval plan.
 
-Cross paths make one trained graph many models (seed 000's *dynamic computation*): with K
+Cross paths make one trained graph many models (the XML study's *dynamic computation*): with K
 networks cut into P parts there are up to K^P chains of segments, each a standalone network
 with its own accuracy, size and speed. For each network, cross path, aggregate and ensemble:
 

@@ -71,22 +71,32 @@ def load_document(raw: Any, source: Source, overrides: list[str] | tuple[str, ..
             apply_override(raw, assignment, source)
         import_user_modules(raw, source, allow_imports)
     spec = validate(raw, source)
-    _warn_shadowed_epochs(spec, source)
+    _warn_shadowed_defaults(spec, source)
     return LoadedGraph(spec=spec, source=source, raw=raw)
 
 
-def _warn_shadowed_epochs(spec: GraphSpec, source: Source) -> None:
-    """``train.epochs`` is only the default of stages that set no ``epochs``: an override of it that some
-    stage ignores says so (a stage's own number is the file's choice; the override does not replace it)."""
-    assignment = source.overrides.get(("train", "epochs"))
-    own = [(i, stage) for i, stage in enumerate(spec.stages) if stage.epochs is not None]
-    if assignment is None or not own:
-        return
-    fields = ", ".join(f"`stages.{i}.epochs` ({stage.name}: {stage.epochs})" for i, stage in own)
-    value = assignment.partition("=")[2]
-    warnings.warn(f"override `{assignment}` is the default of stages without their own `epochs`; these keep "
-                  f"theirs: {fields}\n  hint: override them instead, e.g. "
-                  + " ".join(f"stages.{i}.epochs={value}" for i, _ in own), stacklevel=3)
+def _warn_shadowed_defaults(spec: GraphSpec, source: Source) -> None:
+    """``train.epochs``, ``train.optimizer.*`` and ``train.schedule.*`` are defaults of the stages: an override
+    of one that some stage replaces says so (a stage's own value is the file's choice; the override does not
+    replace it)."""
+    for key, assignment in source.overrides.items():
+        if key == ("train", "epochs"):
+            own = [(f"stages.{i}.epochs", stage.name, stage.epochs) for i, stage in enumerate(spec.stages)
+                   if stage.epochs is not None]
+        elif len(key) == 3 and key[:2] in (("train", "optimizer"), ("train", "schedule")):
+            section, name = key[1], getattr(spec.train, key[1]).name
+            own = [(f"stages.{i}.{section}.{key[2]}", stage.name, getattr(stage, section).get(key[2], "its default"))
+                   for i, stage in enumerate(spec.stages)
+                   if key[2] in getattr(stage, section) or getattr(stage, section).get("name", name) != name]
+        else:
+            continue
+        if own:
+            value = assignment.partition("=")[2]
+            fields = ", ".join(f"`{field}` ({stage}: {theirs})" for field, stage, theirs in own)
+            warnings.warn(f"override `{assignment}` is the default of stages without their own `{key[-1]}`; these keep "
+                          f"theirs: "
+                          f"{fields}\n  hint: override them instead, e.g. "
+                          + " ".join(f"{field}={value}" for field, _, _ in own), stacklevel=3)
 
 
 def load_model_file(path: Path, model: type[Model], *, what: str, expected: str) -> tuple[Model, Source]:

@@ -6,7 +6,7 @@ score is exact: ``correlation`` (Pearson, Git Re-Basin's activation matching), `
 (uncentred) and ``l2`` (minus the mean squared distance, so that larger is better everywhere).
 An assignment reads ``order[i]``: the second network's channel matched to the first's channel
 ``i``; ``hungarian`` maximises the summed score (an optimal assignment), ``stable`` is
-Gale–Shapley's stable matching (the seed's XML_m), ``none`` keeps the order. A width change is
+Gale–Shapley's stable matching (the XML study's XML_m), ``none`` keeps the order. A width change is
 mapped by least squares instead (:func:`least_squares`).
 """
 from __future__ import annotations
@@ -135,7 +135,7 @@ def assign(scores: Tensor, method: str) -> list[int]:
 
 
 def matching_scores(scores: Tensor, order: list[int]) -> dict[str, float]:
-    """The seed's three numbers, as mean scores per channel: the present order, a random order and ``order``.
+    """Three matching scores, as mean scores per channel: the present order, a random order and ``order``.
 
     ``random`` is the exact mean over all orders (every pair is equally likely), not one draw.
     """
