@@ -10,6 +10,8 @@ import yaml
 from conftest import ROOT
 from ktgraph.app.cli import main
 from ktgraph.app.run import fit
+from ktgraph.bind import bind
+from ktgraph.errors import GraphError
 from ktgraph.graph import load_graph
 from ktgraph.runtime import RunDir, prepare
 from ktgraph.runtime.events import AfterEvaluation, Callback, StopRun
@@ -88,3 +90,11 @@ def test_a_checkpointed_run_needs_its_weights_file_no_more(teacher_run: Path, tm
     assert main(["run", "--resume", "work/run", "--no-progress"]) == 0
     assert main(["eval", "work/run", "--repeats", "0", "--no-progress"]) == 0
     assert len(RunDir(work / "run").read_metrics()) == 2
+
+
+def test_bind_never_initialises_a_network_whose_run_weights_were_not_read(teacher_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "student.yaml").write_text(STUDENT.format(weights=f"{{run: {teacher_run}, network: net2}}"))
+    graph = load_graph(tmp_path / "student.yaml")
+    with pytest.raises(GraphError, match="were not read") as caught:
+        bind(graph, 10, (3, 16, 16))  # prepare() reads run weights; bind alone is not given them
+    assert caught.value.where == ("networks", "student", "weights")

@@ -69,7 +69,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def titled_plans(job: Job, title: str, *, eval_plan: bool = False) -> list[tuple[str, Plan]]:
-    """The plans ``plan`` and ``render --plan`` show: one per stage (named when the file has stages), or the eval plan."""
+    """The plans ``plan`` and ``render --plan`` show: one per stage (named when the file has stages), or the
+    eval plan."""
     if eval_plan:
         return [(title, job.program.eval)]
     graph = job.graph

@@ -117,7 +117,8 @@ def pick(run_dir: str | Path, cost: str, budget: float, *, out: str | Path | Non
     # The statistics its row was evaluated with: recomputed, the same seeded batches give the same estimates.
     calibrated = (run.job.program.eval, calibrate_job(run.job)) if chosen.calibrated else None
     module = path_module(run.job.bound, chosen.node, calibrated)
-    example = torch.randn(2, *run.job.input_shape, generator=torch.Generator().manual_seed(0)).to(dtype_of(run.job.graph))
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, *run.job.input_shape, generator=generator).to(dtype_of(run.job.graph))
     out = Path(out) if out else run_dir / f"picked-{safe_name(chosen.node, fallback='path')}.pt2"
     saved, how = export_module(module, example, out)
     echo(f"picked `{chosen.node}` ({chosen.kind}: {chosen.route}) under {COSTS[cost]} <= {human(budget)}\n"

@@ -134,11 +134,15 @@ class _Binder:
         try:
             model = create_model(net.model, self.num_classes, cifar_stem=net.cifar_stem,
                                  weights=net.weights if isinstance(net.weights, str) else None, **net.kwargs)
-            if isinstance(net.weights, RunWeights) and net.name in self.weights:
+            if isinstance(net.weights, RunWeights):
+                if net.name not in self.weights:  # never silently initialised instead
+                    raise GraphError(f"the weights of network `{net.weights.network}` of run {net.weights.run} were "
+                                     "not read", suggestion="build the graph with runtime.prepare(), which reads them")
                 load_state(model, self.weights[net.name], net.model,
                            f"network `{net.weights.network}` of run {net.weights.run}")
         except GraphError as err:
-            field = ("weights" if "weights file" in err.message or " of run " in err.message else "cifar_stem" if "cifar_stem" in err.message
+            field = ("weights" if "weights file" in err.message or " of run " in err.message
+                     else "cifar_stem" if "cifar_stem" in err.message
                      else "model" if err.message.startswith("unknown") or not net.kwargs else "kwargs")
             err.where = err.where or where + (field,)
             raise

@@ -4,9 +4,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from ..errors import GraphError, did_you_mean
 from .base import read_text, with_base
@@ -14,9 +12,7 @@ from .imports import import_user_modules
 from .safe_yaml import YamlLimits
 from .schema import GraphSpec
 from .source import Source, apply_override, parse_yaml
-from .validate import GraphErrors, convert_errors, validate
-
-Model = TypeVar("Model", bound=BaseModel)
+from .validate import Model, validate, validate_located
 
 
 @dataclass
@@ -94,8 +90,7 @@ def _warn_shadowed_defaults(spec: GraphSpec, source: Source) -> None:
             value = assignment.partition("=")[2]
             fields = ", ".join(f"`{field}` ({stage}: {theirs})" for field, stage, theirs in own)
             warnings.warn(f"override `{assignment}` is the default of stages without their own `{key[-1]}`; these keep "
-                          f"theirs: "
-                          f"{fields}\n  hint: override them instead, e.g. "
+                          f"theirs: {fields}\n  hint: override them instead, e.g. "
                           + " ".join(f"{field}={value}" for field, _, _ in own), stacklevel=3)
 
 
@@ -106,8 +101,4 @@ def load_model_file(path: Path, model: type[Model], *, what: str, expected: str)
     raw, source = parse_yaml(read_text(path, limits), str(path), limits)
     if not isinstance(raw, dict):
         raise GraphError(f"{what} is a mapping", file=str(path), expected=expected)
-    try:
-        return model.model_validate(raw), source
-    except ValidationError as exc:
-        errors = [source.locate(e) for e in convert_errors(exc, raw)]
-        raise (errors[0] if len(errors) == 1 else GraphErrors(errors)) from None
+    return validate_located(model, raw, source), source

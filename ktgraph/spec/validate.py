@@ -1,13 +1,15 @@
 """Validating a raw graph document against the schema, every problem located in the file."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from ..errors import GraphError, did_you_mean
 from .schema import GraphSpec, graph_schema
 from .source import Loc, Source
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def _data_loc(raw: Any, loc: tuple[Any, ...]) -> Loc:
@@ -113,11 +115,15 @@ def validate(raw: Any, source: Source) -> GraphSpec:
     if not isinstance(raw, dict):
         raise source.locate(GraphError("a graph file must be a mapping of sections",
                                        expected="top-level keys such as networks, links, data, train"))
+    return validate_located(graph_schema(), raw, source)
+
+
+def validate_located(model: type[Model], raw: Any, source: Source) -> Model:
+    """A whole YAML document (a graph file, a suite file) checked against ``model``, every problem on its line."""
     try:
-        return graph_schema().model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        errors = [source.locate(e) for e in convert_errors(exc, raw)]
-        raise (errors[0] if len(errors) == 1 else GraphErrors(errors)) from None
+        raise joined([source.locate(e) for e in convert_errors(exc, raw)]) from None
 
 
 def validate_section(model: type[BaseModel], data: Any, where: Loc) -> Any:
@@ -128,4 +134,9 @@ def validate_section(model: type[BaseModel], data: Any, where: Loc) -> Any:
         errors = convert_errors(exc, data)
         for err in errors:
             err.where = where + err.where
-        raise (errors[0] if len(errors) == 1 else GraphErrors(errors)) from None
+        raise joined(errors) from None
+
+
+def joined(errors: list[GraphError]) -> GraphError:
+    """One error to raise for ``errors``: the error itself when there is one."""
+    return errors[0] if len(errors) == 1 else GraphErrors(errors)

@@ -2,7 +2,8 @@
 
 :func:`render` writes DOT text or runs a dot binary: the system ``dot`` when there is one,
 else the ``graphviz-pure`` program that the ``graphviz-pure`` package installs (see
-:func:`find_renderer`); an SVG's text is then held to its laid-out widths (:mod:`.fit`). The small helpers here are shared by the graph and plan drawings.
+:func:`find_renderer`); an SVG's text is then held to its laid-out widths (:mod:`.fit`). The small
+helpers here are shared by the graph and plan drawings.
 """
 from __future__ import annotations
 
