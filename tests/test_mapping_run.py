@@ -149,6 +149,10 @@ def test_a_network_ktgraph_cannot_permute_is_a_located_error(tmp_path: Path,
     assert main(["map", str(GRAPH), *overrides]) == 2
     err = capsys.readouterr().err
     assert "crosses.0.mapping" in err and "cannot map the channels of model `MobileNetV2`" in err
+    # The error's advice holds: `method: none` keeps the order, so the pair is scored and nothing is permuted.
+    assert main(["map", str(GRAPH), *overrides, "crosses.0.mapping.method=none"]) == 0
+    out = capsys.readouterr().out
+    assert "net2" in out and "cannot map" not in out
 
 
 def test_map_prints_the_three_scores_and_draws_heatmaps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import GraphError, unknown_name
+from .records import Where
 
-Where = tuple[str | int, ...]
 Cell = tuple[dict[str, Any], Where]  # a gate as a mapping with `kind`, and where it was written
 
 

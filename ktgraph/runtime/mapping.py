@@ -29,6 +29,7 @@ from ..bind import GraphModules
 from ..data import DataBundle
 from ..errors import GraphError, TrainingError
 from ..graph import AdapterId, CrossMapping, KTGraph, SegmentId
+from ..kinds.collective import distributed
 from ..zoo.matching import Moments, assign, least_squares, linear_cka, matching_scores, score_matrix
 from ..zoo.permute import permute, stream_at
 from .evaluate import make_loader
@@ -62,19 +63,23 @@ def map_channels(graph: KTGraph, modules: GraphModules, mapping: CrossMapping, d
     dataset = data.train_plain if mapping.split == "train" else data.val
     if dataset is None:
         raise graph.locate(GraphError(f"mapping.split `{mapping.split}` has no data", where=mapping.where))
-    loader = make_loader(dataset, graph.train.batch_size)
+    loader = make_loader(dataset, graph.train.batch_size, num_workers=graph.data.num_workers)
     reference, *others = mapping.networks
     found = []
     for part in mapping.parts:
         for network in others:
             moments = _moments(graph, modules, (reference, network), part, loader, mapping.batches, device)
+            if moments is None:
+                raise graph.locate(GraphError(f"mapping.split `{mapping.split}` holds no examples",
+                                              where=mapping.where))
             found.append(_apply(graph, modules, mapping, reference, network, part, moments))
     return found
 
 
 def _moments(graph: KTGraph, modules: GraphModules, pair: tuple[str, str], part: str, loader: Any, batches: int,
-             device: torch.device) -> Moments:
-    """The joint moments of both networks' features at the cut, over the first ``batches`` batches."""
+             device: torch.device) -> Moments | None:
+    """The joint moments of both networks' features at the cut, over the first ``batches`` batches (None for a
+    split without examples)."""
     ups = [_up_to(graph, modules, network, part) for network in pair]
     moments: Moments | None = None
     was_training = modules.training
@@ -89,8 +94,6 @@ def _moments(graph: KTGraph, modules: GraphModules, pair: tuple[str, str], part:
                 moments.add(a, b)
     finally:
         modules.train(was_training)
-    if moments is None:
-        raise GraphError("the mapping's split holds no examples")
     return moments
 
 
@@ -115,11 +118,12 @@ def _apply(graph: KTGraph, modules: GraphModules, mapping: CrossMapping, referen
     order = _same_on_every_rank(torch.tensor(assign(matrix, mapping.method)))
     model = modules.networks[network]
     cut = graph.networks[network].cuts[graph.networks[network].parts.index(part)]
-    try:
-        permute(model, stream_at(model, cut), order)
-    except GraphError as err:
-        err.where = mapping.where
-        raise graph.locate(err) from None
+    if mapping.method != "none":  # `none` keeps the order: nothing to permute, so any model can be scored
+        try:
+            permute(model, stream_at(model, cut), order)
+        except GraphError as err:
+            err.where = mapping.where
+            raise graph.locate(err) from None
     record.order, record.scores, record.matrix = order.tolist(), matching_scores(matrix, order.tolist()), matrix
     return record
 
@@ -136,7 +140,7 @@ def _init_adapters(graph: KTGraph, modules: GraphModules, mapping: CrossMapping,
         conv = modules.adapters[key][0] if isinstance(modules.adapters[key], nn.Sequential) else None
         if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (1, 1) or conv.bias is None:
             raise graph.locate(GraphError(
-                f"mapping `{source}` and `{network if source == reference else reference}` at `{part}`: their "
+                f"mapping `{source}` and `{target}` at `{part}`: their "
                 "widths differ, so the mapping starts the junction adapter by least squares, which needs a 1x1 conv "
                 "with bias first", where=mapping.where, suggestion="use `adapter: conv1x1_relu` on the cross"))
         weight, bias = least_squares(moments, reverse=reverse)
@@ -152,7 +156,7 @@ def _init_adapters(graph: KTGraph, modules: GraphModules, mapping: CrossMapping,
 
 def _same_on_every_rank(tensor: Tensor) -> Tensor:
     """Rank 0's value everywhere (a no-op in one process)."""
-    if dist.is_available() and dist.is_initialized():
+    if distributed():
         moved = tensor.to("cuda") if dist.get_backend() == "nccl" else tensor
         dist.broadcast(moved, src=0)
         tensor = moved.to(tensor.device)

@@ -20,10 +20,10 @@ from pydantic import Field, model_validator
 from ...config import Strict
 from ...errors import GraphError, unknown_name
 from ...graph import Document, KTGraph
+from ...graph.records import Where
 from ...kinds import GATES
 from ...zoo import check_model
 
-Loc = tuple[str | int, ...]
 
 Scalar = str | int | float | bool
 
@@ -118,7 +118,7 @@ class Parameter:
     name: str
     key: str
     distribution: optuna.distributions.BaseDistribution
-    where: Loc  # where the search section declares it
+    where: Where  # where the search section declares it
 
 
 @dataclasses.dataclass(frozen=True)
