@@ -133,3 +133,27 @@ def test_a_folder_of_another_search_is_refused(tmp_path: Path) -> None:
     open_folder(write(tmp_path), [], out=str(folder))
     with pytest.raises(GraphError, match="another search"):
         open_folder(write(tmp_path), ["train.epochs=3"], out=str(folder))
+
+
+def test_a_folder_s_study_is_found_from_anywhere_and_a_broken_one_is_named(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    open_folder(write(tmp_path), [], out="search")  # a relative --out, as users type it
+    place = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert place["storage"] == str(tmp_path / "search" / "study.journal")  # stored resolved
+    open_folder(write(tmp_path), [], out=str(tmp_path / "search"))  # the same study, named another way
+    (tmp_path / "search" / "search.json").write_text('{"storage": ')  # torn
+    with pytest.raises(GraphError, match="search.json is missing or unreadable"):
+        open_folder(write(tmp_path), [], out="search")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--report", "DIR", "--storage", "sqlite:///x.db"], "give no graph file, overrides or --storage"),
+    (["FILE", "--timeout", "0"], "--timeout 0.0 is out of range"),
+])
+def test_search_options_that_would_be_ignored_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          argv: list[str], message: str) -> None:
+    file = write(tmp_path)
+    argv = [str(file) if a == "FILE" else str(tmp_path) if a == "DIR" else a for a in argv]
+    assert main(["search", *argv]) == 2
+    assert message in capsys.readouterr().err

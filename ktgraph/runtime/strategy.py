@@ -150,7 +150,7 @@ class Distributed(Local):
         """CPU ranks on one machine divide its cores, unless ``train.threads`` says otherwise."""
         if asked is not None or self.device is None or self.device.type != "cpu":
             return asked
-        return max(1, available_cores() // self.local_world)
+        return cores_each(self.local_world)
 
     def reduce_gradients(self, params: Sequence[nn.Parameter]) -> None:
         """One bucket of every parameter's gradient (zeros where it has none); whether each has one is
@@ -238,6 +238,11 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def cores_each(processes: int) -> int:
+    """The intra-op threads each of ``processes`` side-by-side processes takes: they divide the cores."""
+    return max(1, available_cores() // processes)
 
 
 def launched() -> bool:

@@ -6,7 +6,6 @@ another file, other overrides or another study is refused, so trials of two sear
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import yaml
 
 from ...errors import GraphError
 from ...graph import Document
-from ...runtime.rundir import safe_name
+from ...runtime.rundir import RunDir, safe_name
 from .space import Search, read_search
 from .study import JOURNAL, StudyPlace
 
@@ -28,12 +27,13 @@ def open_folder(file: str | Path, overrides: list[str], *, out: str | None = Non
     search, raw = load_search(file, overrides)
     name = safe_name(search.graph.name or "", fallback=safe_name(Path(file).stem))
     folder = Path(out) if out else Path("searches") / (study or name)
-    place = StudyPlace(folder, storage or str(folder / JOURNAL), study or name)
+    # The journal's path resolved: `--report` and later commands find it from any directory.
+    place = StudyPlace(folder, storage or str((folder / JOURNAL).resolve()), study or name)
     saved = folder / SEARCH_FILE
     if saved.is_file():
         different = Document.read(saved).raw != raw
-        before = json.loads((folder / PLACE_FILE).read_text())
-        if different or (before["storage"], before["name"]) != (place.storage, place.name):
+        before = _place(folder)
+        if different or (_normal(before["storage"]), before["name"]) != (_normal(place.storage), place.name):
             what = ("another search (file or overrides)" if different
                     else f"the study `{before['name']}` at {before['storage']}")
             raise GraphError(f"the folder holds {what}; nothing in it was touched", file=str(folder),
@@ -43,9 +43,9 @@ def open_folder(file: str | Path, overrides: list[str], *, out: str | None = Non
     if folder.exists() and any(folder.iterdir()):
         raise GraphError("the folder is not empty and holds no search", file=str(folder),
                          suggestion="give --out a new or empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    saved.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
-    (folder / PLACE_FILE).write_text(json.dumps({"storage": place.storage, "name": place.name}, indent=1) + "\n")
+    written = RunDir(folder)  # atomic writes: a reader never finds half a file
+    written.write_text(SEARCH_FILE, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    written.write_json(PLACE_FILE, {"storage": place.storage, "name": place.name})
     return search, place
 
 
@@ -60,5 +60,19 @@ def read_folder(folder: Path) -> tuple[Search, StudyPlace]:
     if not (folder / SEARCH_FILE).is_file():
         raise GraphError("not a search folder (no search.yaml)", file=str(folder),
                          suggestion="give the folder `ktgraph search` wrote (--out)")
-    place = json.loads((folder / PLACE_FILE).read_text())
+    place = _place(folder)
     return read_search(Document.read(folder / SEARCH_FILE)), StudyPlace(folder, place["storage"], place["name"])
+
+
+def _place(folder: Path) -> dict[str, str]:
+    """Where the folder's study is (``search.json``): a clear error when the file is missing or broken."""
+    place = RunDir(folder).read_json(PLACE_FILE)
+    if not place or not isinstance(place.get("storage"), str) or not isinstance(place.get("name"), str):
+        raise GraphError(f"the search folder's {PLACE_FILE} is missing or unreadable", file=str(folder),
+                         suggestion="give the folder `ktgraph search` wrote, or start the search in a new --out")
+    return place
+
+
+def _normal(storage: str) -> str:
+    """A storage as compared: a database URL as given, a journal file by its absolute path."""
+    return storage if "://" in storage else str(Path(storage).resolve())

@@ -8,7 +8,6 @@ one included, runs exactly the search the folder was made for.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 import time
 from collections import Counter
@@ -17,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from ...runtime.strategy import cores_each
 from .folder import read_folder
-from .study import fail_orphans, open_study, spent
+from .study import fail_orphans, make_sampler, open_study, spent
 from .trial import run_trial
 
 
@@ -30,13 +30,6 @@ class Budget:
     timeout: float | None = None
 
 
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def work(folder: Path, budget: Budget, index: int = 0, threads: int | None = None) -> Counter[str]:
     """Take trials until the study holds ``budget.trials`` or the time is up; how each one ended."""
     if threads is not None:
@@ -45,7 +38,7 @@ def work(folder: Path, budget: Budget, index: int = 0, threads: int | None = Non
     study = open_study(place, search, offset=index)
     orphans = fail_orphans(study)
     if search.spec.sampler.seed is not None:  # a restarted worker must not draw the same values again
-        study = open_study(place, search, offset=index + 1000 * len(study.get_trials(deepcopy=False)))
+        study.sampler = make_sampler(search, index + 1000 * len(study.get_trials(deepcopy=False)))
     ended: Counter[str] = Counter({"orphans failed": len(orphans)} if orphans else {})
     started = time.monotonic()
     while budget.timeout is None or time.monotonic() - started < budget.timeout:
@@ -63,7 +56,7 @@ def run_workers(folder: Path, budget: Budget, workers: int) -> Counter[str]:
     """One worker in this process, or ``workers`` processes sharing the cores; what their trials did."""
     if workers == 1:
         return work(folder, budget)
-    threads = max(1, cores() // workers)
+    threads = cores_each(workers)
     context = multiprocessing.get_context("spawn")  # a fork would copy torch's thread pools mid-use
     with context.Pool(workers) as pool:
         results = [pool.apply_async(work, (folder, budget, index, threads)) for index in range(workers)]
