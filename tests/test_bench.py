@@ -46,6 +46,8 @@ def test_suite_runs_every_method_as_a_group_and_continues(tmp_path, capsys):
     (TINY.replace("baseline:", "basline:"), "basline", 5),
     (TINY.replace("[1, 2]", "[1, 1]"), "an entry appears twice", 4),
     ("- a\n", "a suite file is a mapping", None),
+    (TINY.replace(f"{ROOT}/graphs/independent.yaml", f"{ROOT}/graphs/recipes/../dml.yaml"),
+     "would share the group folder `dml`", 2),
 ])
 def test_bad_suite_is_a_located_error(tmp_path, capsys, text, message, line):
     suite = tmp_path / "suite.yaml"

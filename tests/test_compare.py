@@ -117,6 +117,7 @@ def test_best_epoch_numbers_say_where_the_epoch_was_chosen(tmp_path, capsys):
     (["{tmp}"], "is neither a run directory (config.yaml) nor a seed group (group.yaml)"),
     (["{dml}", "--baseline", "indepndent"], "--baseline `indepndent` is none of the compared methods"),
     (["{dml}", "--nodes", "nett1"], "no compared run has a node `nett1`"),
+    (["{dml}", "{dml}"], "`dml (dml)` is given twice"),
 ])
 def test_bad_input_is_a_located_error(tmp_path, capsys, args, message):
     dml = write_group(tmp_path / "dml", DML, DML_NET1)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GraphError
+from .cli_base import Terminated
 from ..graph import load_graph
 from ..graph.suite import load_suite
 from ..runtime.groupdir import GROUP_CONFIG, GroupDir
@@ -50,10 +51,9 @@ def run_suite(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
         try:
             run_group(graph, group.path, resume=resume, jobs=jobs, progress_bar=progress_bar,
                       allow_imports=allow_imports, echo=echo)
-        except BaseException as stop:
-            if not isinstance(stop, Exception):  # Ctrl-C or SIGTERM: the finished seeds stay
-                print("\nthe same command continues the suite: finished seeds are kept, interrupted ones resume",
-                      file=sys.stderr)
+        except (KeyboardInterrupt, Terminated):  # the finished seeds stay
+            print("\nthe same command continues the suite: finished seeds are kept, interrupted ones resume",
+                  file=sys.stderr)
             raise
         seconds[file.stem] = round(time.monotonic() - began, 1)
     written = compare([str(g) for g in groups], metric=suite.metric, nodes=suite.nodes, baseline=suite.baseline,

@@ -8,6 +8,7 @@ are refused (the message names the field), because then the table would not comp
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,13 @@ def open_method(path: str | Path) -> Method:
 def open_methods(paths: list[str]) -> list[Method]:
     """The methods, each labelled by its graph's name (and its folder where two share a name)."""
     methods = [open_method(p) for p in paths]
-    for method in methods:
-        if sum(m.label == method.label for m in methods) > 1:
+    shared = {label for label, count in Counter(m.label for m in methods).items() if count > 1}
+    for method in methods:  # counted before any is renamed: every method of a shared name shows its folder
+        if method.label in shared:
             method.label = f"{method.label} ({method.source.name})"
-    labels = [m.label for m in methods]
-    if len(set(labels)) < len(labels):
-        raise GraphError(f"`{labels[0]}` is given twice", file="command line", suggestion="give each folder once")
+    repeated = [label for label, count in Counter(m.label for m in methods).items() if count > 1]
+    if repeated:
+        raise GraphError(f"`{repeated[0]}` is given twice", file="command line", suggestion="give each folder once")
     return methods
 
 

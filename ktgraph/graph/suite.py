@@ -50,4 +50,10 @@ def load_suite(path: str | Path) -> tuple[SuiteSpec, list[Path]]:
         if not file.is_file():
             raise source.locate(GraphError(f"method file `{suite.methods[index]}` does not exist (looked for {file})",
                                            where=("methods", index), expected="a graph file relative to the suite"))
+    for index, file in enumerate(files):  # each method's seed group is the folder named after its file
+        first = next(i for i, other in enumerate(files) if other.stem == file.stem)
+        if first != index:
+            raise source.locate(GraphError(f"`{suite.methods[index]}` and `{suite.methods[first]}` would share the "
+                                           f"group folder `{file.stem}`", where=("methods", index),
+                                           suggestion="give the method files different names"))
     return suite, files
