@@ -161,4 +161,6 @@ def test_map_prints_the_three_scores_and_draws_heatmaps(tmp_path: Path, capsys: 
     assert "net2 -> net1 at `up` (32 channels, correlation, hungarian)" in out
     assert "identity" in out and "random" in out and "mapped" in out and "order:" in out
     assert (tmp_path / "mapping" / "net1-net2-up.svg").is_file()
+    assert main(["map", str(GRAPH), *QUICK, "--cut", "up", "--out", str(tmp_path)]) == 0  # again: not appended
+    assert len(json.loads((tmp_path / "mapping.json").read_text())) == 1
     assert main(["map", str(GRAPH), *QUICK, "--cut", "down"]) == 2

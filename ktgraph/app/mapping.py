@@ -11,13 +11,14 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import GraphError
 from ..graph import KTGraph
 from ..runtime import prepare
-from ..runtime.mapping import MappedCut, map_channels
+from ..runtime.mapping import MappedCut, Reporter, map_channels
 from ..runtime.rundir import MAPPING_DIR, MAPPING_JSON
 from .report import plot_channel_scores
 from .targets import one_graph
@@ -52,13 +53,15 @@ def describe(record: MappedCut) -> str:
             f"   (linear CKA {record.cka:.3f})\n  order: {' '.join(map(str, record.order))}")
 
 
-def write_mapping(records: list[MappedCut], folder: str | Path) -> list[Path]:
-    """``mapping.json`` (appended to when a later stage maps too) and a heatmap per mapped cut."""
+def write_mapping(records: list[MappedCut], folder: str | Path,
+                  earlier: Sequence[dict[str, Any]] = ()) -> list[Path]:
+    """``mapping.json`` (the ``earlier`` stages' records, then these) and a heatmap per mapped cut. The file is
+    written whole from what the run holds, so mapping again (a resumed stage, `ktgraph map` run twice) never
+    repeats a record."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     file = folder / MAPPING_JSON
-    saved = json.loads(file.read_text()) if file.is_file() else []
-    file.write_text(json.dumps(saved + [r.saved() for r in records], indent=1) + "\n")
+    file.write_text(json.dumps([*earlier, *(r.saved() for r in records)], indent=1) + "\n")
     written = [file]
     for r in records:
         if r.matrix is not None and r.order is not None:
@@ -68,12 +71,13 @@ def write_mapping(records: list[MappedCut], folder: str | Path) -> list[Path]:
     return written
 
 
-def run_reporter(folder: Path, echo: Callable[[str], object]) -> Callable[[list[MappedCut]], None]:
-    """What a run does with each stage's new mapping records: print them and write them into its folder."""
-    def report(records: list[MappedCut]) -> None:
+def run_reporter(folder: Path, echo: Callable[[str], object]) -> Reporter:
+    """What a run does with each stage's new mapping records: print them, and write them after the earlier
+    stages' into its folder."""
+    def report(records: list[MappedCut], earlier: list[dict[str, Any]]) -> None:
         for record in records:
             echo(describe(record))
-        write_mapping(records, folder)
+        write_mapping(records, folder, earlier)
     return report
 
 

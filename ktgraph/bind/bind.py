@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import GraphError
 from ..graph import AdapterId, KTGraph, Network, Ref, RegressorId, RunWeights, SegmentId
-from ..kinds import ADAPTERS, AUTO, NONE, AggregatorInput, GateContext, adapter_hint, make_adapter
+from ..kinds import ADAPTERS, AUTO, NONE, AggregatorInput, GateContext, adapter_hint
 from ..zoo import Segment, create_model, load_state, split
 from ..zoo.sync_batchnorm import convert_sync_batchnorm
 from .modules import GraphModules
@@ -199,12 +199,13 @@ class _Binder:
                 what: str) -> None:
         """Build an adapter (or a regressor) into ``modules.<family>[key]``; a refusal is located at the
         field that chose it. Its unit is kept beside it for its lifecycle hooks."""
+        unit = ADAPTERS.get(kind)()  # one unit: the one that builds the module also receives its hooks
         try:
-            getattr(self.modules, family)[key] = make_adapter(kind, *shapes)
+            getattr(self.modules, family)[key] = unit.build(*(tuple(shape) for shape in shapes))
         except GraphError as err:
             err.message, err.where = what + err.message, err.where or where
             raise
-        self.modules.adapter_units[f"{family}.{key}"] = ADAPTERS[kind]()
+        self.modules.adapter_units[f"{family}.{key}"] = unit
 
     def aggregators(self, bound: BoundGraph) -> None:
         """Each aggregator's module (from its inputs' shapes) and the shapes of its outputs, by a dry run."""

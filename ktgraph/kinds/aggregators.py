@@ -28,6 +28,11 @@ register_aggregator = AGGREGATORS.register
 Shape = tuple[int, ...]
 
 
+def pooled(feature: Tensor) -> Tensor:
+    """A feature map's global average pool, (B, C); a vector feature as it is."""
+    return feature.flatten(2).mean(dim=2) if feature.dim() > 2 else feature
+
+
 @dataclass(frozen=True)
 class AggregatorInput:
     """What an aggregator reads. ``labels`` and ``ctx`` are None where the caller has none (evaluation)."""
@@ -98,7 +103,7 @@ class PeerAttention(nn.Module):
 
     def attention(self, features: list[Tensor]) -> Tensor:
         """alpha of shape (B, m, m): row a holds peer a's weights over the peers b."""
-        h = torch.stack([f.flatten(2).mean(dim=2) if f.dim() > 2 else f for f in features], dim=1)
+        h = torch.stack([pooled(f) for f in features], dim=1)
         energy = torch.bmm(self.query(h), self.key(h).transpose(1, 2))
         return F.softmax(energy, dim=2)
 

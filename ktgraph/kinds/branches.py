@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import GraphError
-from .aggregators import AggregatorInput, AggregatorKind, Shape, register_aggregator
+from .aggregators import AggregatorInput, AggregatorKind, Shape, pooled, register_aggregator
 
 
 class BranchGate(nn.Module):
@@ -26,8 +26,7 @@ class BranchGate(nn.Module):
 
     def forward(self, feature: Tensor) -> Tensor:
         """The branch weights, (B, m), each row summing to 1."""
-        pooled = feature.flatten(2).mean(dim=2) if feature.dim() > 2 else feature
-        return F.softmax(F.relu(self.norm(self.linear(pooled))), dim=1)
+        return F.softmax(F.relu(self.norm(self.linear(pooled(feature)))), dim=1)
 
 
 @register_aggregator

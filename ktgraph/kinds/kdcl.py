@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .aggregators import AggregatorInput, AggregatorKind, Shape, register_aggregator
 from .base import EpochInfo, HeldOut
 from .collective import gather_rows, sum_over_ranks
+from .losses import cross_entropy
 from .simplex import simplex_ce_weights
 
 
@@ -43,7 +44,7 @@ class KDCLNaive(_Teacher):
 
     def aggregate(self, module: nn.Module | None, x: AggregatorInput) -> list[Tensor]:
         z, y = _stacked(x)
-        ce = F.cross_entropy(z.float().transpose(1, 2), y[:, None].expand(-1, z.shape[1]), reduction="none")  # (B, K)
+        ce = cross_entropy(z.transpose(1, 2), y[:, None].expand(-1, z.shape[1]))  # (B, K); float64 stays float64
         if self.per == "sample":
             best = ce.argmin(dim=1)
             return [z[torch.arange(z.shape[0], device=z.device), best]]

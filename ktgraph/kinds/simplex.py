@@ -19,25 +19,29 @@ from torch import Tensor
 SUPPORT = 1e-8  # weights below this after SLSQP are taken to be on the simplex's boundary (zero)
 
 
-def _objective(z: np.ndarray, zy: np.ndarray, a: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Mean CE of the weighted logits, its gradient and its Hessian in α."""
+def _value_grad(z: np.ndarray, zy: np.ndarray, a: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean CE of the weighted logits and its gradient in α; then the softmax and E_p[z_k] the Hessian reuses."""
     s = np.einsum("bkc,k->bc", z, a)
     top = s.max(axis=1, keepdims=True)
     lse = top[:, 0] + np.log(np.exp(s - top).sum(axis=1))
     p = np.exp(s - lse[:, None])
     expected = np.einsum("bc,bkc->bk", p, z)  # E_p[z_k] per sample
+    return float((lse - zy @ a).mean()), (expected - zy).mean(axis=0), p, expected
+
+
+def _hessian(z: np.ndarray, p: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """The Hessian in α: the mean over samples of the covariance of the z_k under p (only Newton needs it)."""
     b = z.shape[0]
-    grad = (expected - zy).mean(axis=0)
-    hess = np.einsum("bc,bkc,bjc->kj", p, z, z) / b - expected.T @ expected / b
-    return float((lse - zy @ a).mean()), grad, hess
+    return np.einsum("bc,bkc,bjc->kj", p, z, z) / b - expected.T @ expected / b
 
 
 def _newton_on_face(z: np.ndarray, zy: np.ndarray, a: np.ndarray, steps: int = 20) -> np.ndarray:
     """Equality-constrained Newton steps on the support of ``a``, never leaving the simplex."""
     face = a > 0
     n = int(face.sum())
+    value, grad, p, expected = _value_grad(z, zy, a)
     for _ in range(steps):
-        value, grad, hess = _objective(z, zy, a)
+        hess = _hessian(z, p, expected)
         kkt = np.zeros((n + 1, n + 1))
         kkt[:n, :n], kkt[:n, n], kkt[n, :n] = hess[np.ix_(face, face)], 1.0, 1.0
         direction = np.linalg.lstsq(kkt, np.concatenate([-grad[face], [0.0]]), rcond=None)[0][:n]
@@ -46,9 +50,10 @@ def _newton_on_face(z: np.ndarray, zy: np.ndarray, a: np.ndarray, steps: int = 2
         moved = a.copy()
         moved[face] = np.clip(a[face] + step * direction, 0.0, None)
         moved /= moved.sum()
-        if _objective(z, zy, moved)[0] > value + 1e-12:  # no more progress than rounding
+        at_moved = _value_grad(z, zy, moved)  # evaluated once: the next step starts from it
+        if at_moved[0] > value + 1e-12:  # no more progress than rounding
             break
-        a = moved
+        a, (value, grad, p, expected) = moved, at_moved
         if np.abs(direction).max() < 1e-15:
             break
     return a
@@ -62,7 +67,7 @@ def simplex_ce_weights(logits: Tensor, labels: Tensor) -> Tensor:
     if k == 1:
         return torch.ones(1, dtype=torch.float64)
     zy = z[np.arange(z.shape[0]), :, y]
-    found = minimize(lambda a: _objective(z, zy, a)[:2], np.full(k, 1.0 / k), jac=True, method="SLSQP",
+    found = minimize(lambda a: _value_grad(z, zy, a)[:2], np.full(k, 1.0 / k), jac=True, method="SLSQP",
                      bounds=[(0.0, 1.0)] * k, options={"ftol": 1e-15, "maxiter": 500},
                      constraints=[{"type": "eq", "fun": lambda a: a.sum() - 1.0, "jac": lambda a: np.ones(k)}])
     a = np.where(found.x > SUPPORT, found.x, 0.0)

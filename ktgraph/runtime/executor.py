@@ -166,4 +166,4 @@ class Executor:
         same as an identity-forward, scaled-backward function on the module's output when the module reads the
         image (a shared trunk), for then its parameters are all the gradient reaches."""
         return {id(p): factor for owner, factor in group.scales if owner in owners
-                for p in self.modules.parameters_of([owner])}
+                for p in self._parameters(frozenset({owner}))}

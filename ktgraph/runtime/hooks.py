@@ -60,7 +60,8 @@ class UnitHooks(Callback):
         self.eval_plan = eval_plan
         self.heldout = heldout
         self.device = device
-        self.aggregators = [a for a in graph.aggregators.values() if a.unit.has_hooks()]
+        self.every_aggregator = list(graph.aggregators.values())  # any may report state in the metrics
+        self.aggregators = [a for a in self.every_aggregator if a.unit.has_hooks()]
         self.units: list[Unit] = list({id(u): u for u in (*(l.loss for l in graph.links),
                                                           *(l.gate for l in graph.links))
                                        if u.has_hooks()}.values())
@@ -80,7 +81,7 @@ class UnitHooks(Callback):
     def metrics(self) -> dict[str, dict[str, float]]:
         """Each aggregator's state as its unit reports it (for the epoch's metrics line), by aggregator."""
         found = {agg.name: agg.unit.metrics(self._module(agg), [r.name for r in agg.inputs])
-                 for agg in self.aggregators}
+                 for agg in self.every_aggregator}
         return {name: values for name, values in found.items() if values}
 
     def on_epoch_end(self, event: EpochEnd) -> None:

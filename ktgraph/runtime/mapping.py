@@ -163,15 +163,19 @@ def _same_on_every_rank(tensor: Tensor) -> Tensor:
     return tensor
 
 
+Reporter = Callable[[list[MappedCut], list[dict[str, Any]]], None]  # a stage's new records, the earlier ones
+
+
 class ChannelMapping(Callback):
     """Maps each ``mapping:`` at the start of the first stage whose training computes one of its paths.
 
     ``saved`` holds the records of an earlier process of this run (the checkpoint's ``mapping``
-    entry); ``report`` receives each stage's new records (the run directory's heatmaps).
+    entry); ``report`` receives each stage's new records and the saved ones of earlier stages (the run
+    directory's ``mapping.json`` and heatmaps).
     """
 
     def __init__(self, graph: KTGraph, device: torch.device, saved: dict[str, Any] | None = None,
-                 report: Callable[[list[MappedCut]], None] | None = None) -> None:
+                 report: Reporter | None = None) -> None:
         self.graph = graph
         self.device = device
         self.done: dict[str, Any] = dict(saved or {})  # str(mapping index) -> its records
@@ -191,13 +195,14 @@ class ChannelMapping(Callback):
                                 "start the run again: it was trained without this mapping")
         if event.optimizer.state:
             raise TrainingError("channel mapping needs a fresh optimizer (no momentum yet)")
+        earlier = [cut for record in self.done.values() for cut in record["cuts"]]
         found = []
         for index, mapping in due:
             records = map_channels(self.graph, event.modules, mapping, event.data, self.device)
             self.done[str(index)] = {"stage": event.index, "cuts": [r.saved() for r in records]}
             found += records
         if self.report is not None:
-            self.report(found)
+            self.report(found, earlier)
 
     def before_checkpoint(self, event: BeforeCheckpoint) -> None:
         event.payload[PAYLOAD_KEY] = self.done

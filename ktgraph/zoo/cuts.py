@@ -149,9 +149,15 @@ def _declared(model: nn.Module, probe: Tensor) -> list[Stage] | None:
     return stages
 
 
+def resnet_layers(model: nn.Module) -> list[str]:
+    """A ResNet's stage names in order: ``layer1``, ``layer2``, ... as far as the model has them."""
+    children = dict(model.named_children())
+    return list(takewhile(children.__contains__, (f"layer{i}" for i in count(1))))
+
+
 def _resnet_like(model: nn.Module, probe: Tensor) -> list[Stage] | None:
     children = dict(model.named_children())
-    layers = list(takewhile(children.__contains__, (f"layer{i}" for i in count(1))))
+    layers = resnet_layers(model)
     stem = list(takewhile(lambda name: name != "layer1", children))
     if not layers or not stem:
         return None

@@ -18,8 +18,6 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-SCORES = ("correlation", "cosine", "l2")
-METHODS = ("hungarian", "stable", "none")
 _EPS = 1e-12
 
 

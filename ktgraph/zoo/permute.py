@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import count, takewhile
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +27,7 @@ from torchvision.models import resnet as tv
 
 from ktgraph.errors import GraphError
 from ktgraph.zoo.cifar_resnet import BasicBlock, CifarResNet, WideBasic, WideResNet
+from ktgraph.zoo.cuts import resnet_layers
 
 TensorAxis = tuple[str, int]
 """A parameter or buffer by its name in the model's state dict, and the axis that holds channels."""
@@ -70,7 +70,7 @@ def streams(model: nn.Module) -> list[Stream]:
     found: list[Stream] = []
     stream = _new_stream(model, family.stem, "", found)
     stream.stages.append("stem")
-    for layer in takewhile(lambda n: hasattr(model, n), (f"layer{i}" for i in count(1))):
+    for layer in resnet_layers(model):
         for index, block in enumerate(getattr(model, layer)):
             stream = _block(model, f"{layer}.{index}", block, family, stream, found)
         stream.stages.append(layer)
