@@ -37,11 +37,12 @@ class Strict(BaseModel):
         return unknown_field(key, known)
 
 
-def unknown_field(key: str, known: set[str]) -> PydanticCustomError:
-    """A key that is none of ``known`` (located like any field error, with the closest field as a hint)."""
+def unknown_field(key: str, known: set[str], suggestion: str | None = None) -> PydanticCustomError:
+    """A key that is none of ``known`` (located like any field error; the hint: ``suggestion``, else the
+    closest field)."""
     return PydanticCustomError("unknown_field", "unknown field `{field}`",
                                {"field": key, "expected": ", ".join(sorted(known)),
-                                "suggestion": did_you_mean(key, known)})
+                                "suggestion": did_you_mean(key, known) if suggestion is None else suggestion})
 
 
 def choice_error(what: str, name: str, known: list[str]) -> PydanticCustomError:

@@ -117,6 +117,7 @@ def test_a_search_continues_after_a_dead_worker_and_a_second_command(tmp_path: P
     (("train.optimizer.lr: {float: [0.0001, 0.2], log: true}", "networks.net2.model: [resnet8, resnet99]"),
      "makes no valid graph", 16),
     (("links: [\"kl:*\"]", "links: [\"mse:*\"]"), "matches no link", 17),
+    (("net1: {model: resnet8}", "net1: {model: resnet99}"), "unknown model `resnet99`", 4),  # the graph's own
     ((SEARCH[SEARCH.index("  space:"):], ""), "empty", 10),
 ])
 def test_a_bad_search_section_is_a_located_error_before_any_trial(tmp_path: Path, change: tuple[str, str],

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from ..errors import GraphError
-from ..runtime.checkpoint import write_atomic
+from ..runtime.rundir import RunDir, make_folder
 from .compare import AVERAGE, Cell, Method, cells, check_nodes, default_nodes, find_baseline, mismatch, open_methods
 from .report.comparison import plot_comparison
 
@@ -123,14 +122,10 @@ def compare(folders: list[str], *, metric: str = "top1_last", nodes: list[str] |
     text = format_comparison(methods, nodes, found, metric, base)
     echo(text)
     folder = Path(out) if out is not None else default_out()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise GraphError(f"cannot create the output folder: {err.strerror or err}", file=str(folder)) from None
-    written = {"markdown": folder / MARKDOWN, "csv": folder / CSV}
-    for path, content in ((written["markdown"], text), (written["csv"], comparison_csv(methods, found, metric, base))):
-        data = content.encode("utf-8")
-        write_atomic(path, lambda handle, data=data: handle.write(data))
+    make_folder(folder, "the output folder")
+    files = RunDir(folder)  # atomic writes, as a run's files
+    written = {"markdown": files.write_text(MARKDOWN, text),
+               "csv": files.write_text(CSV, comparison_csv(methods, found, metric, base))}
     points = [(c.method, c.node, c.spread.mean, c.spread.std or 0.0) for c in found if c.spread is not None]
     label = "last epoch" if metric == "top1_last" else "best epoch"
     plot = plot_comparison(points, [m.label for m in methods], nodes, folder / PLOT, label)

@@ -32,7 +32,7 @@ from ..runtime import RunDir, Trainer, prepare
 from ..runtime.checkpoint import config_difference, trained_config
 from ..runtime.events import Callback
 from ..runtime.mapping import PAYLOAD_KEY, ChannelMapping
-from ..runtime.rundir import CONFIG, ENV, GRAPH_SVG, STATUS, SUMMARY, safe_name
+from ..runtime.rundir import CONFIG, ENV, GRAPH_SVG, STATUS, SUMMARY, make_folder, safe_name
 from ..runtime.strategy import Local, from_environment
 from ..runtime.trainer import Progress
 from .mapping import run_reporter
@@ -161,7 +161,7 @@ def fit(graph: KTGraph, run_dir: str | Path, *, resume: bool = False, overwrite:
 
         def open_folder() -> None:
             if not resume:
-                _make_folder(run.path)
+                make_folder(run.path, "the run directory")
                 held.enter_context(run.lock("run"))
                 check_run_dir(graph, run, overwrite=overwrite)  # again: another process may have written meanwhile
                 run.remove_run_files()
@@ -243,15 +243,6 @@ def _on_main(strategy: Local, action: Callable[[], object]) -> None:
         if error is not None:
             raise error
         raise TrainingError(f"rank {strategy.rank}: rank 0 refused the run (its message says why)")
-
-
-def _make_folder(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise GraphError(f"cannot create the run directory: {err.strerror or err}", file=str(path),
-                         suggestion="give --out a folder you can write in, on a file system that is not "
-                                    "read-only") from None
 
 
 def optional(what: str, action: Callable[[], object]) -> None:

@@ -24,7 +24,7 @@ from ..errors import GraphError, TrainingError
 from ..graph import KTGraph, load_graph
 from ..runtime.checkpoint import config_difference, trained_config
 from ..runtime.groupdir import GROUP_CONFIG, GROUP_SUMMARY, GROUP_TABLE, LOGS, GroupDir
-from ..runtime.rundir import CONFIG
+from ..runtime.rundir import CONFIG, make_folder
 from ..runtime.strategy import available_cores
 from .run import train
 from .stats import spread
@@ -85,7 +85,7 @@ def run_group(graph: KTGraph, group_dir: str | Path, *, resume: bool = False, ov
     seeds = list(graph.train.seeds or [])
     jobs = min(jobs, len(seeds))
     threads = threads_per_run(graph, jobs)
-    _make_folder(group.path)
+    make_folder(group.path, "the group folder")
     with group.lock("run --seeds"):
         if not resume:
             group.remove_group_files()
@@ -132,14 +132,6 @@ def _check_new_group(graph: KTGraph, group: GroupDir, overwrite: bool) -> None:
                      f"{', ...' if len(contents) > 3 else ''}; nothing in it was touched", file=str(group),
                      suggestion="give another --out (or leave it out for a new folder under runs/), or pass "
                                 "--overwrite to replace the group files there")
-
-
-def _make_folder(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise GraphError(f"cannot create the group folder: {err.strerror or err}", file=str(path),
-                         suggestion="give --out a folder you can write in") from None
 
 
 def _run_here(group: GroupDir, seed: int, threads: int | None, *, progress_bar: bool, allow_imports: bool,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from pydantic import ConfigDict
 from pydantic_core import PydanticCustomError
 
-from ..config import Strict
+from ..config import Strict, unknown_field
 from ..errors import closest, did_you_mean
 from ..registry import Registry
 
@@ -70,8 +70,7 @@ class Unit(Strict):
         if near:
             hint = (f"did you mean `{near[0]}`? It is a field of the {' and '.join(owners_of(near[0]))} "
                     f"{cls.family}, not of `{kind}`")
-            return PydanticCustomError("unknown_field", "unknown field `{field}`",
-                                       {**context, "expected": ", ".join(sorted(known)), "suggestion": hint})
+            return unknown_field(key, known, hint)
         return super()._unknown_field(key, known)
 
     # --- lifecycle hooks (the trainer calls them; the defaults do nothing) ------------------------------

@@ -335,6 +335,16 @@ class RunDir:
         return data if isinstance(data, dict) else None
 
 
+def make_folder(path: Path, what: str) -> None:
+    """Create the folder ``what`` names (parents too), or say plainly why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise GraphError(f"cannot create {what}: {err.strerror or err}", file=str(path),
+                         suggestion="give --out a folder you can write in, on a file system that is not "
+                                    "read-only") from None
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)

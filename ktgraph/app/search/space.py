@@ -150,6 +150,10 @@ def read_search(document: Document) -> Search:
     spec = document.check(SearchSpec, ("search",))
     base = document.without("search")
     graph = base.build()
+    try:  # the base graph's own models first: a choice's check below must not be blamed for one of them
+        _check_models(graph)
+    except GraphError as err:
+        raise document.locate(err) from None
     _check_objective(spec, graph, document)
     parameters = [*_space(spec, document), *_gates(spec, graph, document)]
     if not parameters:
