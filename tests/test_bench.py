@@ -46,6 +46,7 @@ def test_suite_runs_every_method_as_a_group_and_continues(tmp_path, capsys):
     (TINY.replace("baseline:", "basline:"), "basline", 5),
     (TINY.replace("[1, 2]", "[1, 1]"), "an entry appears twice", 4),
     ("- a\n", "a suite file is a mapping", None),
+    (TINY.replace("baseline: independent", "baseline: indepndent"), "is none of the suite's methods", None),
     (TINY.replace(f"{ROOT}/graphs/independent.yaml", f"{ROOT}/graphs/recipes/../dml.yaml"),
      "would share the group folder `dml`", 2),
 ])
@@ -69,3 +70,15 @@ def test_bundled_suite_holds_the_method_files_in_one_regime():
     assert graphs[0].data.limit_train == 100 and graphs[0].train.epochs == 30
     text = (ROOT / "graphs/suites/low-data.yaml").read_text()
     assert textwrap.dedent("  - ../okddip.yaml\n") in text  # one line per method
+
+
+def test_methods_that_would_not_compare_are_refused_before_training(tmp_path, capsys):
+    dml = (ROOT / "graphs/dml.yaml").read_text().replace("base: recipes/", f"base: {ROOT}/graphs/recipes/")
+    (tmp_path / "wider.yaml").write_text(dml.replace("net2: {model: resnet14}", "net2: {model: wrn16_2}"))
+    assert "wrn16_2" in (tmp_path / "wider.yaml").read_text()
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(TINY.replace(f"{ROOT}/graphs/dml.yaml", str(tmp_path / "wider.yaml")))
+    assert main(["bench", str(suite), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "these runs do not compare methods" in err and "net2" in err and not (tmp_path / "b").exists()
+

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import GraphError
-from .cli_base import Terminated
+from ..errors import GraphError, did_you_mean
 from ..graph import load_graph
 from ..graph.suite import load_suite
 from ..runtime.groupdir import GROUP_CONFIG, GroupDir
+from .cli_base import Terminated
+from .compare import Method, mismatch
 from .comparison import compare
 from .seeds import available_cores, group_difference, run_group, threads_per_run
 
@@ -36,6 +37,7 @@ def run_suite(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     wanted = [f"train.seeds=[{','.join(map(str, seeds))}]"]
     graphs = [load_graph(file, [*suite.overrides, *wanted], allow_imports=allow_imports) for file in files]
     groups = [GroupDir(folder / file.stem) for file in files]
+    _comparable(path, suite.baseline, [Method(g.name or f.stem, f, g.document, {}, []) for g, f in zip(graphs, files)])
     for graph, group in zip(graphs, groups):  # every refusal before the first epoch
         difference = group_difference(graph, group) if group.is_group() else None
         if difference is not None:
@@ -66,3 +68,15 @@ def run_suite(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     echo(f"wall time {record['wall_seconds'] / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})"
          "; a continued suite counts only what it ran")
     return record
+
+
+def _comparable(path: str | Path, baseline: str | None, methods: list[Method]) -> None:
+    """What would stop the comparison after hours of training, said before the first epoch: methods whose
+    data, recipe or shared networks differ, a baseline that is none of them."""
+    problem = mismatch(methods)
+    if problem is not None:
+        raise problem
+    names = [m.label for m in methods] + [m.source.stem for m in methods]
+    if baseline is not None and baseline not in names:
+        raise GraphError(f"`baseline: {baseline}` is none of the suite's methods", file=str(path),
+                         suggestion=did_you_mean(baseline, names) or f"methods: {', '.join(names)}")

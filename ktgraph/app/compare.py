@@ -119,7 +119,8 @@ def mismatch(methods: list[Method]) -> GraphError | None:
         if difference is not None:
             return GraphError(f"these runs do not compare methods: {difference}", file=str(other.source),
                               suggestion="compare runs with the same data, networks and training recipe "
-                                         "(graphs/recipes/), or pass --allow-mismatch to compare them anyway")
+                                         "(graphs/recipes/), or compare them anyway with `ktgraph compare "
+                                         "--allow-mismatch`")
     return None
 
 
