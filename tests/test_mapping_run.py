@@ -149,6 +149,12 @@ def test_a_network_ktgraph_cannot_permute_is_a_located_error(tmp_path: Path,
     assert main(["map", str(GRAPH), *overrides]) == 2
     err = capsys.readouterr().err
     assert "crosses.0.mapping" in err and "cannot map the channels of model `MobileNetV2`" in err
+    assert main(["validate", str(GRAPH), *overrides]) == 2  # found when the graph is built, before any stage
+    err = capsys.readouterr().err
+    assert "crosses.0.mapping" in err and "mapping `net2` to `net1` at `up`: cannot map the channels" in err
+    wide = [*QUICK, "networks.net2.model=wrn16_2", "crosses.0.adapter=conv_bn_relu"]
+    assert main(["validate", str(GRAPH), *wide]) == 2  # widths differ: the adapter must start with a 1x1 conv
+    assert "needs a 1x1 conv with bias first" in capsys.readouterr().err
     # The error's advice holds: `method: none` keeps the order, so the pair is scored and nothing is permuted.
     assert main(["map", str(GRAPH), *overrides, "crosses.0.mapping.method=none"]) == 0
     out = capsys.readouterr().out

@@ -17,8 +17,9 @@ from torch import nn
 
 from ..errors import GraphError
 from ..graph import AdapterId, KTGraph, Network, Ref, RegressorId, RunWeights, SegmentId
-from ..kinds import ADAPTERS, AUTO, NONE, AggregatorInput, GateContext, adapter_hint
+from ..kinds import ADAPTERS, AUTO, NONE, AggregatorInput, GateContext, adapter_hint, leading_conv
 from ..zoo import Segment, create_model, load_state, split
+from ..zoo.permute import stream_at
 from ..zoo.sync_batchnorm import convert_sync_batchnorm
 from .modules import GraphModules
 
@@ -119,6 +120,7 @@ class _Binder:
         with torch.no_grad():
             self.probe_segments()
             self.junctions()
+            self.mappings()
             fusable = {sid: architecture(segment) for sid, segment in self.modules.segments.items()}
             bound = BoundGraph(self.graph, self.modules, self.num_classes, self.input_shape, self.shapes,
                                self.adapters, self.aggregate_shapes, self.regressors, self.regressor_kinds, fusable,
@@ -194,6 +196,41 @@ class _Binder:
                 self.adapter("adapters", junction.key, kind, (out, need), path.where + ("adapter",),
                              f"path `{path.name}` at `{junction}`: ")
                 self.adapters[junction] = kind
+
+    def mappings(self) -> None:
+        """What each cross's ``mapping:`` will do when its stage starts, checked now (``validate`` and ``plan``
+        say it): at a cut of equal widths the network's channels are permuted, so its model must have a
+        residual stream there (unless ``method: none``); where widths differ, the junction adapters are
+        started by least squares, so each must begin with a 1x1 conv with bias."""
+        for mapping in self.graph.mappings:
+            reference, *others = mapping.networks
+            for part, network in ((part, network) for part in mapping.parts for network in others):
+                try:
+                    self.mapped_cut(mapping.method, reference, network, part)
+                except GraphError as err:
+                    err.message = f"mapping `{network}` to `{reference}` at `{part}`: {err.message}"
+                    err.where = mapping.where
+                    raise
+
+    def mapped_cut(self, method: str, reference: str, network: str, part: str) -> None:
+        widths = [self.shapes[SegmentId(n, part)][1][0] for n in (reference, network)]
+        if widths[0] == widths[1]:
+            if method != "none":
+                net = self.graph.networks[network]
+                stream_at(self.modules.networks[network], net.cuts[net.parts.index(part)])
+            return
+        joined = []
+        for source, target in ((reference, network), (network, reference)):
+            parts = self.graph.networks[target].parts
+            key = AdapterId(SegmentId(source, part), SegmentId(target, parts[parts.index(part) + 1])).key
+            if key in self.modules.adapters:
+                if leading_conv(self.modules.adapters[key]) is None:
+                    raise GraphError("their widths differ, so the mapping starts the junction adapter by least "
+                                     "squares, which needs a 1x1 conv with bias first",
+                                     suggestion="use `adapter: conv1x1_relu` on the cross")
+                joined.append(key)
+        if not joined:
+            raise GraphError("their widths differ and no adapter joins them there")
 
     def adapter(self, family: str, key: str, kind: str, shapes: tuple[Shape, Shape], where: tuple[str | int, ...],
                 what: str) -> None:

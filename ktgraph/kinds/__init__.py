@@ -4,8 +4,8 @@ Each family is a :class:`~ktgraph.registry.Registry`; ``register_link``, ``regis
 ``register_aggregator`` and ``register_adapter`` add to them (from a module listed under
 ``imports:``, for instance), and the graph-file schema is built from what is registered.
 """
-from .adapters import (ADAPTERS, AUTO, NONE, Adapter, AdapterChoice, adapter_hint, adapter_label, make_adapter,
-                       register_adapter)
+from .adapters import (ADAPTERS, AUTO, NONE, Adapter, AdapterChoice, adapter_hint, adapter_label, leading_conv,
+                       make_adapter, register_adapter)
 from .aggregators import AGGREGATORS, AggregatorInput, AggregatorKind, register_aggregator
 from .base import EpochInfo, HeldOut, Unit
 from . import branches as _branches  # noqa: F401  (registers ONE's gate and CL-ILR's target)
@@ -15,5 +15,5 @@ from .losses import LINKS, LinkInput, LinkKind, correct_mask, register_link
 
 __all__ = ["ADAPTERS", "AGGREGATORS", "AUTO", "GATES", "LINKS", "NONE", "Adapter", "AdapterChoice", "AggregatorInput",
            "AggregatorKind", "EpochInfo", "Gate", "GateContext", "HeldOut", "LinkInput", "LinkKind", "Unit",
-           "adapter_hint", "adapter_label", "correct_mask", "make_adapter", "ramp_weight", "register_adapter",
+           "adapter_hint", "adapter_label", "leading_conv", "correct_mask", "make_adapter", "ramp_weight", "register_adapter",
            "register_aggregator", "register_gate", "register_link"]

@@ -62,6 +62,14 @@ def make_adapter(kind: str, source: Shape, target: Shape) -> nn.Module:
     return ADAPTERS.get(kind)().build(tuple(source), tuple(target))
 
 
+def leading_conv(adapter: nn.Module) -> nn.Conv2d | None:
+    """The 1×1 convolution with bias an adapter starts with (what a channel mapping's least-squares start
+    sets), or None when it starts otherwise."""
+    conv = adapter[0] if isinstance(adapter, nn.Sequential) else None
+    ok = isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is not None
+    return conv if ok else None
+
+
 def adapters_for(source: Shape, target: Shape) -> list[str]:
     """The registered adapter kinds that map ``source`` to ``target``: each is asked to build one."""
     fits = []

@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..bind import GraphModules
 from ..data import DataBundle
 from ..errors import GraphError, TrainingError
 from ..graph import AdapterId, CrossMapping, KTGraph, SegmentId
+from ..kinds import leading_conv
 from ..kinds.collective import distributed
 from ..zoo.matching import Moments, assign, least_squares, linear_cka, matching_scores, score_matrix
 from ..zoo.permute import permute, stream_at
@@ -137,20 +138,13 @@ def _init_adapters(graph: KTGraph, modules: GraphModules, mapping: CrossMapping,
         key = AdapterId(SegmentId(source, part), SegmentId(target, parts[parts.index(part) + 1])).key
         if key not in modules.adapters:
             continue
-        conv = modules.adapters[key][0] if isinstance(modules.adapters[key], nn.Sequential) else None
-        if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (1, 1) or conv.bias is None:
-            raise graph.locate(GraphError(
-                f"mapping `{source}` and `{target}` at `{part}`: their "
-                "widths differ, so the mapping starts the junction adapter by least squares, which needs a 1x1 conv "
-                "with bias first", where=mapping.where, suggestion="use `adapter: conv1x1_relu` on the cross"))
+        conv = leading_conv(modules.adapters[key])
+        assert conv is not None, "bind checks that a mapped junction's adapter starts with a 1x1 conv"
         weight, bias = least_squares(moments, reverse=reverse)
         with torch.no_grad():
             conv.weight.copy_(_same_on_every_rank(weight.to(conv.weight))[:, :, None, None])
             conv.bias.copy_(_same_on_every_rank(bias.to(conv.bias)))
         started.append(key)
-    if not started:
-        raise graph.locate(GraphError(f"networks `{reference}` and `{network}` differ in width at `{part}` and no "
-                                      "adapter joins them there", where=mapping.where))
     return started
 
 
