@@ -22,7 +22,7 @@ from ..runtime.groupdir import GROUP_CONFIG, GroupDir
 from .cli_base import Terminated
 from .compare import Method, mismatch
 from .comparison import compare
-from .seeds import available_cores, group_difference, run_group, threads_per_run
+from .seeds import available_cores, group_difference, run_group, seeds_override, threads_per_run
 
 BENCH_JSON = "bench.json"
 
@@ -34,8 +34,8 @@ def run_suite(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     suite, files = load_suite(path)
     seeds = seeds or suite.seeds
     folder = Path(out) if out is not None else Path("runs") / f"bench-{suite.name}"
-    wanted = [f"train.seeds=[{','.join(map(str, seeds))}]"]
-    graphs = [load_graph(file, [*suite.overrides, *wanted], allow_imports=allow_imports) for file in files]
+    graphs = [load_graph(file, [*suite.overrides, seeds_override(seeds)], allow_imports=allow_imports)
+              for file in files]
     groups = [GroupDir(folder / file.stem) for file in files]
     _comparable(path, suite.baseline, [Method(g.name or f.stem, f, g.document, {}, []) for g, f in zip(graphs, files)])
     for graph, group in zip(graphs, groups):  # every refusal before the first epoch

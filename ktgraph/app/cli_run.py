@@ -12,7 +12,7 @@ from ..runtime.groupdir import GROUP_CONFIG, GroupDir
 from ..runtime.rundir import CONFIG
 from .cli_base import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
 from .run import default_run_dir, run_one
-from .seeds import check_jobs, run_group, seeds_override
+from .seeds import check_jobs, parse_seeds, run_group, seeds_override
 from .targets import split_targets
 
 
@@ -33,7 +33,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if len(files) != 1:
             raise GraphError("ktgraph run takes one graph file", file="command line",
                              expected="ktgraph run FILE [key=value ...]")
-        graph = load_graph(files[0], overrides + seeds_override(args.seeds), allow_imports=args.allow_imports)
+        grouping = [seeds_override(parse_seeds(args.seeds))] if args.seeds else []
+        graph = load_graph(files[0], overrides + grouping, allow_imports=args.allow_imports)
         grouped = graph.train.seeds is not None
         run_dir = Path(args.out) if args.out else default_run_dir(graph, files[0])
         if graph.document.get("search"):

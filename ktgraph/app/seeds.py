@@ -43,9 +43,9 @@ def parse_seeds(text: str) -> list[int]:
     return [int(w) for w in words]
 
 
-def seeds_override(text: str | None) -> list[str]:
-    """``--seeds 1,2,3`` as the override ``train.seeds=[1,2,3]`` (none without the option)."""
-    return [f"train.seeds=[{','.join(map(str, parse_seeds(text)))}]"] if text else []
+def seeds_override(seeds: list[int]) -> str:
+    """Seeds as the override ``train.seeds=[1,2,3]`` (``--seeds 1,2,3``, a suite's seeds)."""
+    return f"train.seeds=[{','.join(map(str, seeds))}]"
 
 
 def check_jobs(jobs: int | None, grouped: bool) -> None:

@@ -3,6 +3,7 @@ as SVG, and Optuna's own plots; ``ktgraph search --report DIR`` writes them agai
 from __future__ import annotations
 
 import csv
+import io
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from tabulate import tabulate
 
-from ...runtime import prepare
+from ...runtime import RunDir, prepare
 from ..render import details_of, graph_dot, render
 from ..run import optional
 from .space import Search
@@ -36,10 +37,10 @@ def trial_rows(search: Search, trials: list[FrozenTrial]) -> list[dict[str, Any]
              "run_dir": t.user_attrs.get(RUN_ATTR, "")} for t in trials]
 
 
-def summary_lines(search: Search, trials: list[FrozenTrial]) -> list[str]:
+def summary_lines(search: Search, trials: list[FrozenTrial], best: FrozenTrial | None) -> list[str]:
     """Counts by state, epochs spent against a search without pruning, and the best trial."""
     states = {state: sum(t.state == state for t in trials) for state in TrialState}
-    total = sum(stage.epochs for stage in search.graph.stages)
+    total = search.epochs
     ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     used = sum(t.user_attrs.get(EPOCHS_ATTR, 0) for t in ran)
     objective = search.spec.objective
@@ -50,7 +51,6 @@ def summary_lines(search: Search, trials: list[FrozenTrial]) -> list[str]:
                       "never the test split")]
     if ran:
         lines.append(f"epochs: {used} trained of {len(ran) * total} without pruning ({used / (len(ran) * total):.2f})")
-    best = _best(trials)
     if best is not None:
         lines.append(f"best: trial {best.number}, {best.value:.2f} ({', '.join(best.user_attrs[OVERRIDES_ATTR])})")
     return lines
@@ -60,22 +60,23 @@ def write_report(search: Search, place: StudyPlace, echo: Callable[[str], object
     """Write the table, the best graph and the plots into the search folder; the best graph's path."""
     study = open_study(place, search)
     trials = study.get_trials(deepcopy=False)
-    folder = place.folder
+    folder, files = place.folder, RunDir(place.folder)  # files written whole: a reader never sees half of one
     rows = trial_rows(search, trials)
     if rows:
-        with open(folder / TRIALS_CSV, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    lines = summary_lines(search, trials)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        files.write_text(TRIALS_CSV, text.getvalue())
+    best = _best(trials)
+    lines = summary_lines(search, trials, best)
     table = tabulate(rows, headers="keys", tablefmt="github", missingval="") if rows else "(no trials yet)"
-    (folder / TRIALS_MD).write_text(f"# Search `{place.name}`\n\n" + "".join(f"- {line}\n" for line in lines)
-                                    + "\n" + table + "\n")
+    files.write_text(TRIALS_MD, f"# Search `{place.name}`\n\n" + "".join(f"- {line}\n" for line in lines)
+                     + "\n" + table + "\n")
     echo(table)
     for line in lines:
         echo(line)
     _plots(study, search, folder)
-    best = _best(trials)
     if best is None:
         return None
     path = write_best(search, best, folder / BEST)
@@ -90,8 +91,8 @@ def write_best(search: Search, best: FrozenTrial, path: Path) -> Path:
     header = (f"# The best trial ({best.number}) of a ktgraph search: {search.spec.objective.node} top-1 "
               f"{best.value:.2f} on the validation split.\n# Its values: "
               + ", ".join(best.user_attrs[OVERRIDES_ATTR]) + "\n")
-    path.write_text(header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
-    return path
+    return RunDir(path.parent).write_text(path.name, header + yaml.safe_dump(document, sort_keys=False,
+                                                                             allow_unicode=True))
 
 
 def _best(trials: list[FrozenTrial]) -> FrozenTrial | None:

@@ -130,6 +130,11 @@ class Search:
     parameters: tuple[Parameter, ...]
     graph: KTGraph  # the base graph, as the file writes it
 
+    @property
+    def epochs(self) -> int:
+        """The epochs of one trial trained to the end (every stage of the base graph)."""
+        return sum(stage.epochs for stage in self.graph.stages)
+
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {p.name: p.distribution for p in self.parameters}
 

@@ -79,8 +79,8 @@ def make_pruner(search: Search) -> optuna.pruners.BasePruner:
                                                       reduction_factor=pruner.reduction_factor,
                                                       min_early_stopping_rate=0)
     if pruner.name == "hyperband":
-        total = sum(stage.epochs for stage in search.graph.stages)
-        return optuna.pruners.HyperbandPruner(min_resource=pruner.min_epochs, max_resource=pruner.max_epochs or total,
+        return optuna.pruners.HyperbandPruner(min_resource=pruner.min_epochs,
+                                              max_resource=pruner.max_epochs or search.epochs,
                                               reduction_factor=pruner.reduction_factor)
     return optuna.pruners.NopPruner()
 
